@@ -1,0 +1,62 @@
+"""anypool: an awaitable, cancellable process pool for asyncio, uvloop and trio."""
+
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "START_METHODS",
+    "BrokenWorkerError",
+    "CallOptions",
+    "InitializerError",
+    "Pool",
+    "PoolClosedError",
+    "PoolStats",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "cpu_count",
+    "run",
+]
+
+if TYPE_CHECKING:
+    from ._cpu import cpu_count
+    from ._default_pool import run
+    from ._errors import (
+        BrokenWorkerError,
+        InitializerError,
+        PoolClosedError,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+    )
+    from ._pool import START_METHODS, CallOptions, Pool, PoolStats
+else:
+    # Workers import anypool._child, which must not pull anyio in: the public names are loaded
+    # on first use instead of here.
+    import importlib
+
+    _HOMES = {
+        "cpu_count": "._cpu",
+        "run": "._default_pool",
+        "BrokenWorkerError": "._errors",
+        "InitializerError": "._errors",
+        "PoolClosedError": "._errors",
+        "RemoteError": "._errors",
+        "RemoteTraceback": "._errors",
+        "SerializationError": "._errors",
+        "START_METHODS": "._pool",
+        "CallOptions": "._pool",
+        "Pool": "._pool",
+        "PoolStats": "._pool",
+    }
+
+    def __getattr__(name):
+        try:
+            home = _HOMES[name]
+        except KeyError:
+            raise AttributeError(f"module 'anypool' has no attribute {name!r}") from None
+        value = getattr(importlib.import_module(home, __name__), name)
+        globals()[name] = value
+        return value
+
+    def __dir__():
+        return sorted([*globals(), *__all__])

@@ -1,0 +1,81 @@
+"""The little anypool needs from the event loop that anyio does not provide.
+
+- which event loop library is running, so a worker runs an ``async def`` on the same kind;
+- a task that outlives the call that started it (draining a call abandoned with
+  ``kill_on_cancel=False``);
+- a hook when the event loop ends, to shut down the default pool of that loop.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Literal
+
+__all__ = ["at_loop_end", "current_library", "spawn_detached"]
+
+_detached_asyncio_tasks: set[object] = set()
+
+
+def current_library() -> Literal["asyncio", "trio"]:
+    """The event loop library running the current task."""
+    # trio depends on sniffio and sets it; without sniffio loaded, trio cannot be running.
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None and sniffio.current_async_library() == "trio":
+        return "trio"
+    return "asyncio"
+
+
+def spawn_detached(fn: Callable[[], Awaitable[None]]) -> None:
+    """Run ``fn()`` in a task of its own on the current event loop.
+
+    ``fn`` must not raise: nobody awaits it. It is cancelled when the event loop ends.
+    """
+    if current_library() == "trio":
+        import trio
+
+        trio.lowlevel.spawn_system_task(fn)
+    else:
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(_as_coroutine(fn))
+        # The loop keeps only weak references to tasks.
+        _detached_asyncio_tasks.add(task)
+        task.add_done_callback(_detached_asyncio_tasks.discard)
+
+
+async def _as_coroutine(fn: Callable[[], Awaitable[None]]) -> None:
+    await fn()
+
+
+async def at_loop_end(fn: Callable[[], Awaitable[None]]) -> object:
+    """Arrange for ``fn()`` to run inside the current event loop as it ends.
+
+    Returns an object that the caller must keep alive for as long as the hook should stay armed.
+    """
+    if current_library() == "trio":
+        import trio
+
+        async def wait_for_end() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                # System tasks are cancelled once the main task has returned.
+                with trio.CancelScope(shield=True):
+                    await fn()
+
+        trio.lowlevel.spawn_system_task(wait_for_end)
+        return wait_for_end
+    # asyncio.run() and anyio.run() finish by closing every async generator still suspended in
+    # their loop (loop.shutdown_asyncgens), while the loop can still run coroutines: a generator
+    # parked at its first ``yield`` is such a hook. The loop holds it weakly, hence the return.
+    hook = _run_when_closed(fn)
+    await hook.asend(None)
+    return hook
+
+
+async def _run_when_closed(fn: Callable[[], Awaitable[None]]) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await fn()

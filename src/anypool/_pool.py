@@ -1,0 +1,642 @@
+"""The process pool: admission of calls, the cache of workers, lifecycle and statistics."""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import signal
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from multiprocessing.context import BaseContext
+from types import TracebackType
+from typing import Any, Final, ParamSpec, TypeVar, overload
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from . import _protocol as protocol
+from ._channel import ChannelClosed
+from ._cpu import cpu_count
+from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
+from ._eventloop import current_library, spawn_detached
+from ._serialize import describe, dumps, dumps_call_arguments, load_error, load_result
+from ._worker import WorkerHandle
+
+__all__ = ["START_METHODS", "CallOptions", "Pool", "PoolStats"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+START_METHODS: Final = ("forkserver", "spawn", "fork")
+"""The start methods a pool accepts, as in :mod:`multiprocessing`."""
+
+_WORKER_MODULE: Final = "anypool._child.worker"
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of a pool's workers and calls, from :meth:`Pool.stats`."""
+
+    workers_alive: int
+    """Worker processes that are idle or running a call."""
+    workers_idle: int
+    workers_busy: int
+    calls_running: int
+    calls_completed: int
+    """Calls that returned a result."""
+    calls_failed: int
+    """Calls that raised an error other than a cancellation."""
+    calls_cancelled: int
+    workers_replaced: int
+    """Workers that were killed on cancellation, died, or were recycled by
+    ``max_tasks_per_worker``; each is replaced by a new one when a call needs it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CallOptions:
+    """How a pool runs calls; see :meth:`Pool.with_options`."""
+
+    kill_on_cancel: bool = True
+
+
+class _Waiter:
+    """A call waiting for a worker, in order of arrival."""
+
+    __slots__ = ("event", "may_start", "worker")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.worker: WorkerHandle | None = None
+        self.may_start = False
+
+    @property
+    def granted(self) -> bool:
+        return self.worker is not None or self.may_start
+
+
+class _Retry(Exception):
+    """The worker retired before it read the call: run the call on another worker."""
+
+
+class _PoolCore:
+    """The state a pool shares with its :meth:`Pool.with_options` views."""
+
+    def __init__(
+        self,
+        max_workers: int,
+        start_method: str,
+        config_blob: bytes,
+        max_tasks_per_worker: int | None,
+        kill_grace: float,
+    ) -> None:
+        self.max_workers = max_workers
+        self.start_method = start_method
+        self.context: BaseContext = multiprocessing.get_context(start_method)
+        self.config_blob = config_blob
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.kill_grace = kill_grace
+        self.owner_pid = os.getpid()
+
+        # Idle workers, the most recently used last: reusing it keeps caches warm, and lets the
+        # least recently used ones reach idle_timeout and retire.
+        self.idle: list[WorkerHandle] = []
+        # Workers lent to a call (or to the drain of an abandoned call).
+        self.busy: set[WorkerHandle] = set()
+        # Workers the pool let go of and has not yet reaped.
+        self.leaving: set[WorkerHandle] = set()
+        self.starting = 0
+        self.waiters: deque[_Waiter] = deque()
+
+        self.closed = False
+        self.terminated = False
+        # Calls accepted and not yet finished, abandoned ones still draining included.
+        self.accepted = 0
+        self.all_done: anyio.Event | None = None
+
+        self.calls_running = 0
+        self.calls_completed = 0
+        self.calls_failed = 0
+        self.calls_cancelled = 0
+        self.workers_replaced = 0
+        _live_pools.add(self)
+
+    # --- admission -------------------------------------------------------------------------
+
+    def has_capacity(self) -> bool:
+        return len(self.idle) + len(self.busy) + self.starting < self.max_workers
+
+    async def acquire(self) -> WorkerHandle:
+        """A worker for one call: an idle one, a new one, or the first one freed, in FIFO order."""
+        if not self.waiters:
+            worker = self.pop_idle()
+            if worker is not None:
+                return worker
+            if self.has_capacity():
+                self.starting += 1
+                return await self.start_worker()
+        waiter = _Waiter()
+        self.waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.worker is not None:
+                # Granted a worker at the instant we were cancelled: pass it on.
+                self.release(waiter.worker)
+            elif waiter.may_start:
+                self.starting -= 1
+                self.dispatch()
+            else:
+                self.waiters.remove(waiter)
+            raise
+        if waiter.worker is not None:
+            return waiter.worker
+        if not waiter.may_start:
+            raise PoolClosedError("the pool was terminated while the call waited for a worker")
+        return await self.start_worker()
+
+    def dispatch(self) -> None:
+        """Hand idle workers, or room for new ones, to waiting calls in order."""
+        while self.waiters:
+            worker = self.pop_idle()
+            if worker is None and not self.has_capacity():
+                return
+            waiter = self.waiters.popleft()
+            if worker is None:
+                self.starting += 1
+                waiter.may_start = True
+            else:
+                waiter.worker = worker
+            waiter.event.set()
+
+    def pop_idle(self) -> WorkerHandle | None:
+        """The most recently used idle worker that is still alive, now marked busy."""
+        while self.idle:
+            worker = self.idle.pop()
+            if self.still_serving(worker):
+                self.busy.add(worker)
+                return worker
+        return None
+
+    def still_serving(self, worker: WorkerHandle) -> bool:
+        """Whether an idle worker is alive and has not retired; let it go if not."""
+        try:
+            # An idle worker has nothing to say unless it retired (RETIRING) or died (EOF).
+            message = worker.channel.receive_nowait()
+        except ChannelClosed:
+            message = (protocol.RETIRING, b"")
+        if message is None:
+            return True
+        self.let_go(worker)
+        return False
+
+    async def start_worker(self) -> WorkerHandle:
+        """Start a worker for a call that already counted itself in ``starting``."""
+        try:
+            if self.start_method == "forkserver":
+                # Starting the forkserver itself takes long the first time: keep the event loop
+                # free meanwhile. (Workers are its children, so this thread's lifetime is moot.)
+                worker = await anyio.to_thread.run_sync(
+                    WorkerHandle.start, self.context, self.config_blob
+                )
+            else:
+                # fork and spawn return within milliseconds. The worker dies with the thread that
+                # started it (PR_SET_PDEATHSIG), so that must be the event loop's, not a helper's.
+                worker = WorkerHandle.start(self.context, self.config_blob)
+        except BaseException:
+            self.starting -= 1
+            self.dispatch()
+            raise
+        self.starting -= 1
+        self.busy.add(worker)
+        if self.terminated:
+            await worker.stop(self.kill_grace, terminate=True)
+            self.busy.discard(worker)
+            raise PoolClosedError("the pool was terminated while a worker was starting")
+        return worker
+
+    def release(self, worker: WorkerHandle) -> None:
+        """Take back a worker whose call is over and that is ready for another."""
+        self.busy.discard(worker)
+        if self.terminated:
+            self.let_go(worker)
+        elif self.max_tasks_per_worker is not None and worker.calls >= self.max_tasks_per_worker:
+            self.workers_replaced += 1
+            self.let_go(worker)
+        else:
+            worker.mark_idle()
+            self.idle.append(worker)
+        self.dispatch()
+
+    def discard(self, worker: WorkerHandle, *, replaced: bool = True) -> None:
+        """Forget a busy worker that is gone (reaped by its call)."""
+        self.busy.discard(worker)
+        if replaced and not self.terminated:
+            self.workers_replaced += 1
+        self.dispatch()
+
+    def let_go(self, worker: WorkerHandle) -> None:
+        """Close a worker's pipe so that it exits; it is reaped later."""
+        worker.close_pipe()
+        self.leaving.add(worker)
+        # Reap the ones already gone without waiting, so that none lingers as a zombie.
+        for gone in [w for w in self.leaving if w.poll_exited()]:
+            self.leaving.discard(gone)
+
+    # --- calls -----------------------------------------------------------------------------
+
+    async def submit(self, fn: Callable[..., Any], payload: bytes, options: CallOptions) -> Any:
+        self.accepted += 1
+        try:
+            worker = await self.acquire()
+            while True:
+                try:
+                    return await self.call(worker, fn, payload, options)
+                except _Retry:
+                    # The retired worker's place is still ours: use an idle worker or fill it.
+                    worker = self.pop_idle() or await self.start_worker_in_freed_place()
+        finally:
+            self.call_finished()
+
+    async def start_worker_in_freed_place(self) -> WorkerHandle:
+        self.starting += 1
+        return await self.start_worker()
+
+    def call_finished(self) -> None:
+        self.accepted -= 1
+        if self.accepted == 0 and self.all_done is not None:
+            self.all_done.set()
+            self.all_done = None
+
+    async def call(
+        self, worker: WorkerHandle, fn: Callable[..., Any], payload: bytes, options: CallOptions
+    ) -> Any:
+        self.calls_running += 1
+        sent = False
+        try:
+            await worker.channel.send(protocol.CALL, payload)
+            sent = True
+            kind, body = await worker.channel.receive()
+        except ChannelClosed:
+            self.calls_running -= 1
+            # The pipe closed under a call, so the worker is exiting: wait for its exit status.
+            try:
+                exitcode = await worker.stop(self.kill_grace, terminate=False)
+            finally:
+                self.discard(worker)
+            if self.terminated:
+                raise PoolClosedError(
+                    f"the pool was terminated during the call to {describe(fn)}"
+                ) from None
+            self.calls_failed += 1
+            raise BrokenWorkerError(worker.pid, exitcode, f"the call to {describe(fn)}") from None
+        except BaseException:
+            # Cancelled (or interrupted) while the worker runs the call.
+            self.calls_running -= 1
+            self.calls_cancelled += 1
+            if sent and not options.kill_on_cancel and not self.terminated:
+                self.drain_in_background(worker)
+            else:
+                # A frame cut short by the cancellation leaves the pipe unusable: kill anyway.
+                try:
+                    await worker.stop(self.kill_grace, terminate=True)
+                finally:
+                    self.discard(worker)
+            raise
+        self.calls_running -= 1
+        if kind == protocol.RETIRING:
+            self.busy.discard(worker)
+            self.let_go(worker)
+            raise _Retry
+        if kind == protocol.INIT_FAILED:
+            try:
+                await worker.stop(self.kill_grace, terminate=False)
+            finally:
+                self.discard(worker, replaced=False)
+            self.calls_failed += 1
+            raise InitializerError(
+                f"the pool's initializer raised in worker process {worker.pid}"
+            ) from load_error(body)
+        worker.calls += 1
+        self.release(worker)
+        if kind == protocol.RESULT:
+            try:
+                result = load_result(body, fn)
+            except BaseException:
+                self.calls_failed += 1
+                raise
+            self.calls_completed += 1
+            return result
+        self.calls_failed += 1
+        raise load_error(body)
+
+    def drain_in_background(self, worker: WorkerHandle) -> None:
+        """Let the worker finish an abandoned call; discard the outcome, then reuse the worker."""
+        self.accepted += 1
+
+        async def drain() -> None:
+            try:
+                kind, _ = await worker.channel.receive()
+            except ChannelClosed:
+                await worker.stop(self.kill_grace, terminate=False)
+                self.discard(worker)
+            except BaseException:
+                # The event loop is ending: nobody will wait for this worker any more.
+                await worker.stop(self.kill_grace, terminate=True)
+                self.discard(worker)
+            else:
+                if kind == protocol.INIT_FAILED:
+                    await worker.stop(self.kill_grace, terminate=False)
+                    self.discard(worker, replaced=False)
+                else:
+                    worker.calls += 1
+                    self.release(worker)
+            finally:
+                self.call_finished()
+
+        spawn_detached(drain)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise PoolClosedError(
+                "the pool is closed" + (" (terminated)" if self.terminated else "")
+            )
+        if os.getpid() != self.owner_pid:
+            raise RuntimeError("a pool can only be used by the process that created it")
+
+    async def wait_all_done(self) -> None:
+        if self.accepted:
+            if self.all_done is None:
+                self.all_done = anyio.Event()
+            await self.all_done.wait()
+
+    async def stop_idle_workers(self) -> None:
+        workers = [*self.idle, *self.leaving]
+        self.idle.clear()
+        self.leaving.clear()
+        async with anyio.create_task_group() as group:
+            for worker in workers:
+                group.start_soon(self.stop_worker, worker, False)
+
+    async def stop_worker(self, worker: WorkerHandle, terminate: bool) -> None:
+        await worker.stop(self.kill_grace, terminate=terminate)
+
+    async def terminate(self) -> None:
+        self.closed = self.terminated = True
+        for waiter in self.waiters:
+            waiter.event.set()
+        self.waiters.clear()
+        # Busy workers belong to their calls, which reap them once the pipe closes.
+        for worker in self.busy:
+            worker.signal(signal.SIGTERM)
+        idle = [*self.idle, *self.leaving]
+        self.idle.clear()
+        self.leaving.clear()
+        async with anyio.create_task_group() as group:
+            for worker in idle:
+                group.start_soon(self.stop_worker, worker, True)
+            with anyio.move_on_after(self.kill_grace):
+                await self.wait_all_done()
+            for worker in self.busy:
+                worker.signal(signal.SIGKILL)
+            await self.wait_all_done()
+
+    def shutdown_now(self) -> None:
+        """Stop every worker, blocking: for interpreter exit, when no event loop is left."""
+        self.closed = self.terminated = True
+        for worker in self.busy:
+            worker.signal(signal.SIGKILL)
+        for worker in [*self.idle, *self.busy, *self.leaving]:
+            worker.stop_now(self.kill_grace)
+        self.idle.clear()
+        self.busy.clear()
+        self.leaving.clear()
+
+    def stats(self) -> PoolStats:
+        for worker in list(self.idle):
+            if not self.still_serving(worker):
+                self.idle.remove(worker)
+        return PoolStats(
+            workers_alive=len(self.idle) + len(self.busy),
+            workers_idle=len(self.idle),
+            workers_busy=len(self.busy),
+            calls_running=self.calls_running,
+            calls_completed=self.calls_completed,
+            calls_failed=self.calls_failed,
+            calls_cancelled=self.calls_cancelled,
+            workers_replaced=self.workers_replaced,
+        )
+
+
+_live_pools: weakref.WeakSet[_PoolCore] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_workers_at_exit() -> None:
+    # Registered after multiprocessing's own exit handler, so it runs first: that one would wait
+    # forever for workers that are still alive.
+    for core in list(_live_pools):
+        core.shutdown_now()
+
+
+class Pool:
+    """A pool of worker processes that async code awaits.
+
+    Args:
+        max_workers: the most worker processes at once; default :func:`anypool.cpu_count`.
+        start_method: how workers start: ``"forkserver"`` (the default on Linux), ``"spawn"``
+            or ``"fork"``, as in :mod:`multiprocessing`.
+        initializer: called as ``initializer(*initargs)`` once in each worker before its first
+            call. If it raises, that call raises :class:`InitializerError`.
+        initargs: the arguments of ``initializer``.
+        max_tasks_per_worker: replace a worker after this many calls; ``None`` for never.
+        idle_timeout: a worker idle for this many seconds exits; ``None`` for never.
+        kill_grace: seconds between SIGTERM and SIGKILL when a worker is stopped.
+
+    Workers start when calls need them. Use the pool as ``async with Pool() as pool:``; leaving
+    the block normally waits for the calls it accepted (:meth:`close` then :meth:`join`),
+    leaving it with an exception or a cancellation stops everything (:meth:`terminate`). Either
+    way no worker process remains afterwards.
+
+    A pool belongs to one event loop at a time and is not thread-safe.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+        idle_timeout: float | None = 300.0,
+        kill_grace: float = 1.0,
+    ) -> None:
+        if max_workers is None:
+            max_workers = cpu_count()
+        elif max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, not {max_workers}")
+        if start_method is None:
+            start_method = "forkserver" if sys.platform == "linux" else "spawn"
+        elif start_method not in START_METHODS:
+            raise ValueError(
+                f"unknown start method {start_method!r}; valid start methods are "
+                + ", ".join(repr(name) for name in START_METHODS)
+            )
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {describe(initializer)}")
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError(f"max_tasks_per_worker must be at least 1, not {max_tasks_per_worker}")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive or None, not {idle_timeout}")
+        if kill_grace < 0:
+            raise ValueError(f"kill_grace must not be negative, not {kill_grace}")
+        if start_method == "forkserver":
+            _preload_worker_module_in_forkserver()
+        config = protocol.WorkerConfig(initializer, tuple(initargs), idle_timeout)
+        self._core = _PoolCore(
+            max_workers, start_method, dumps(config), max_tasks_per_worker, kill_grace
+        )
+        self._options = CallOptions()
+
+    @property
+    def max_workers(self) -> int:
+        return self._core.max_workers
+
+    @property
+    def start_method(self) -> str:
+        return self._core.start_method
+
+    @property
+    def kill_grace(self) -> float:
+        return self._core.kill_grace
+
+    def with_options(self, *, kill_on_cancel: bool | None = None) -> Pool:
+        """This pool with other call options: same workers, same lifecycle.
+
+        Args:
+            kill_on_cancel: ``True`` (the default): a cancelled call's worker is terminated.
+                ``False``: the caller is cancelled at once, the worker finishes the call, the
+                result is discarded and the worker is reused.
+
+        Options travel apart from ``run``'s arguments, so they never clash with the keyword
+        arguments of the function it calls.
+        """
+        changes = {} if kill_on_cancel is None else {"kill_on_cancel": kill_on_cancel}
+        view = object.__new__(Pool)
+        view._core = self._core
+        view._options = dataclasses.replace(self._options, **changes)
+        return view
+
+    @overload
+    async def run(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    @overload
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    async def run(self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run ``fn(*args, **kwargs)`` in a worker and return its result.
+
+        ``fn`` may be any picklable callable (lambdas and closures included); if it is an
+        ``async def``, it runs on an event loop in the worker (trio if the caller runs trio, else
+        asyncio).
+
+        This is a checkpoint. If the calling task is cancelled while the call runs, the worker is
+        terminated (SIGTERM, then SIGKILL after ``kill_grace``) and reaped before the
+        cancellation propagates; see :meth:`with_options` to let the worker finish instead.
+
+        Raises:
+            Exception: what ``fn`` raised, as itself, with a :class:`RemoteTraceback` as its
+                ``__cause__``.
+            RemoteError: ``fn`` raised something that cannot be delivered as itself.
+            BrokenWorkerError: the worker died during the call.
+            SerializationError: an argument or the result could not be pickled.
+            InitializerError: the pool's initializer raised in the new worker.
+            PoolClosedError: the pool is closed, or was terminated during the call.
+        """
+        await anyio.lowlevel.checkpoint()
+        core = self._core
+        core.check_open()
+        call = protocol.Call(fn, args, kwargs, current_library())
+        payload = dumps_call_arguments(call, fn, args, kwargs)
+        return await core.submit(fn, payload, self._options)
+
+    def close(self) -> None:
+        """Accept no more calls. Calls already accepted go on; see :meth:`join`."""
+        self._core.closed = True
+
+    async def join(self) -> None:
+        """Wait for every accepted call to finish, then stop the workers.
+
+        Raises:
+            RuntimeError: the pool was not closed or terminated first.
+        """
+        core = self._core
+        if not core.closed:
+            raise RuntimeError("close() or terminate() the pool before join()")
+        await core.wait_all_done()
+        await core.stop_idle_workers()
+
+    async def terminate(self) -> None:
+        """Stop every worker now. Running and waiting calls raise :class:`PoolClosedError`.
+
+        Shielded from cancellation: when this returns, no worker process remains.
+        """
+        with anyio.CancelScope(shield=True):
+            await self._core.terminate()
+
+    def stats(self) -> PoolStats:
+        """Current counts of workers and calls."""
+        return self._core.stats()
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            await self.terminate()
+            return
+        self.close()
+        try:
+            await self.join()
+        except BaseException:
+            await self.terminate()
+            raise
+
+    def __repr__(self) -> str:
+        core = self._core
+        state = "terminated" if core.terminated else "closed" if core.closed else "open"
+        return (
+            f"<anypool.Pool {state} max_workers={core.max_workers} "
+            f"start_method={core.start_method!r} workers={len(core.idle) + len(core.busy)}>"
+        )
+
+
+Pool.__module__ = "anypool"
+PoolStats.__module__ = "anypool"
+CallOptions.__module__ = "anypool"
+
+
+def _preload_worker_module_in_forkserver() -> None:
+    """Have multiprocessing's forkserver import the worker module once, so that each worker
+    forked from it starts with it loaded. Only effective before the forkserver starts."""
+    forkserver = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
+    # Keep what the application asked the forkserver to preload (default: ["__main__"]).
+    preload = list(getattr(forkserver, "_preload_modules", ["__main__"]))
+    if _WORKER_MODULE not in preload:
+        forkserver.set_forkserver_preload([*preload, _WORKER_MODULE])

@@ -1,0 +1,142 @@
+"""The parent's handle on one worker process: start it, talk to it, stop it, reap it."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+import anyio
+
+from ._channel import ChannelClosed, MessageChannel
+from ._child.worker import main as worker_main
+
+__all__ = ["WorkerHandle"]
+
+# The parent's ends of every live worker's pipe. A process forked from this one (a worker under
+# the "fork" start method, or the application's own fork) must not keep copies of them: a worker
+# whose parent end lives on in another process never sees end-of-file when the pool closes it.
+_parent_ends: set[int] = set()
+
+
+def _forget_parent_ends_after_fork() -> None:
+    for fd in _parent_ends:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _parent_ends.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_ends_after_fork)
+
+
+class WorkerHandle:
+    """One worker process and the parent's end of its pipe.
+
+    Exactly one party owns a handle at a time (the call it runs, or the pool while it is idle),
+    and only the owner waits on its pipe or its exit: anyio allows one waiter per descriptor.
+    """
+
+    __slots__ = ("_process", "calls", "channel", "idle_since", "pid")
+
+    def __init__(self, process: BaseProcess, channel: MessageChannel) -> None:
+        self._process = process
+        self.channel = channel
+        self.pid: int = process.pid  # type: ignore[assignment]  # set once started
+        self.calls = 0
+        self.idle_since = 0.0
+
+    @classmethod
+    def start(cls, context: BaseContext, config_blob: bytes) -> WorkerHandle:
+        """Start a worker process. Blocks until the process exists (not until it is ready)."""
+        parent_end, child_end = multiprocessing.Pipe()
+        # The handle owns a descriptor of its own, so that collecting the Connection object never
+        # closes it behind our back. It joins _parent_ends before the fork, so that a worker
+        # forked here closes its copy of its own parent end too.
+        channel = MessageChannel(os.dup(parent_end.fileno()))
+        parent_end.close()
+        _parent_ends.add(channel.fileno)
+        process = context.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            args=(child_end, config_blob),
+            name="anypool-worker",
+            # Not daemonic, so a worker may start processes of its own; the pool reaps it.
+            daemon=False,
+        )
+        try:
+            process.start()
+        except BaseException:
+            _parent_ends.discard(channel.fileno)
+            channel.close()
+            raise
+        finally:
+            child_end.close()
+        return cls(process, channel)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._process.exitcode
+
+    def close_pipe(self) -> None:
+        """Close the parent's end: an idle worker exits when it sees end-of-file."""
+        _parent_ends.discard(self.channel.fileno)
+        self.channel.close()
+
+    def signal(self, signum: signal.Signals) -> None:
+        """Send ``signum`` unless the process was already reaped."""
+        if self._process.exitcode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def poll_exited(self) -> bool:
+        """Reap the process if it has exited, without waiting."""
+        return self._process.exitcode is not None
+
+    async def wait_exited(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to exit, and reap it if it did."""
+        if self._process.exitcode is not None:
+            return True
+        with anyio.move_on_after(timeout) as scope:
+            await anyio.wait_readable(self._process.sentinel)
+        if scope.cancelled_caught:
+            return self._process.exitcode is not None
+        # The sentinel fires as the process closes its descriptors, an instant before its exit
+        # status can be collected: join() waits out that instant.
+        self._process.join()
+        return True
+
+    async def stop(self, grace: float, *, terminate: bool) -> int | None:
+        """End the process and reap it: SIGTERM first if ``terminate`` (else wait for it to exit
+        after its pipe is closed), then SIGKILL once ``grace`` seconds have passed.
+
+        Shielded from cancellation: when this returns the process is gone. Returns its exit code.
+        """
+        self.close_pipe()
+        with anyio.CancelScope(shield=True):
+            if terminate:
+                self.signal(signal.SIGTERM)
+            if not await self.wait_exited(grace):
+                self.signal(signal.SIGKILL)
+                await self.wait_exited(math.inf)
+        return self._process.exitcode
+
+    def stop_now(self, grace: float) -> None:
+        """Blocking version of ``stop(grace, terminate=False)``, for interpreter exit."""
+        self.close_pipe()
+        self._process.join(grace)
+        if self._process.exitcode is None:
+            self.signal(signal.SIGKILL)
+            self._process.join()
+
+    def mark_idle(self) -> None:
+        self.idle_since = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<WorkerHandle pid={self.pid} calls={self.calls}>"
+
