@@ -7,15 +7,12 @@ no thread and no polling, so a message is seen the moment the worker writes it.
 from __future__ import annotations
 
 import os
-from typing import Final
 
 import anyio
 
-from ._protocol import HEADER, encode_frame, unsent
+from ._protocol import FrameReader, encode_frame, unsent
 
 __all__ = ["ChannelClosed", "MessageChannel"]
-
-_READ_SIZE: Final = 256 * 1024
 
 
 class ChannelClosed(Exception):
@@ -29,12 +26,12 @@ class MessageChannel:
     to exactly one call at a time.
     """
 
-    __slots__ = ("_buffer", "_fd")
+    __slots__ = ("_fd", "_reader")
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
-        self._buffer = bytearray()
+        self._reader = FrameReader()
 
     @property
     def fileno(self) -> int:
@@ -58,10 +55,12 @@ class MessageChannel:
         while True:
             try:
                 # Usually one syscall writes the whole frame and we never wait.
-                sent += os.write(self._fd, unsent(parts, sent)) if sent else os.writev(self._fd, parts)
+                sent += (
+                    os.write(self._fd, unsent(parts, sent)) if sent else os.writev(self._fd, parts)
+                )
             except BlockingIOError:
                 pass
-            except (BrokenPipeError, ConnectionResetError) as error:
+            except (BrokenPipeError, ConnectionResetError, OSError) as error:
                 raise ChannelClosed from error
             if sent >= total:
                 return
@@ -73,73 +72,36 @@ class MessageChannel:
         Raises:
             ChannelClosed: the worker's end was closed (the worker exited) first.
         """
-        header = await self._receive_exactly(HEADER.size)
-        kind, size = HEADER.unpack(header)
-        return kind, await self._receive_exactly(size)
+        reader = self._reader
+        while (frame := reader.next_frame()) is None:
+            # Wait before reading: a frame we still lack has rarely arrived already, and an
+            # empty read costs a syscall and an exception.
+            await anyio.wait_readable(self._fd)
+            self._read()
+        return frame
 
     def receive_nowait(self) -> tuple[int, bytes | bytearray] | None:
-        """A frame that has already fully arrived, else ``None``.
+        """A frame that has already arrived in full, else ``None``.
 
         Raises:
             ChannelClosed: the worker's end was closed.
         """
-        try:
-            self._fill()
-        except BlockingIOError:
-            pass
-        if len(self._buffer) < HEADER.size:
-            return None
-        kind, size = HEADER.unpack_from(self._buffer)
-        if len(self._buffer) < HEADER.size + size:
-            return None
-        payload = bytes(self._buffer[HEADER.size : HEADER.size + size])
-        del self._buffer[: HEADER.size + size]
-        return kind, payload
+        frame = self._reader.next_frame()
+        if frame is None:
+            self._read()
+            frame = self._reader.next_frame()
+        return frame
 
-    async def _receive_exactly(self, size: int) -> bytes | bytearray:
-        buffer = self._buffer
-        if len(buffer) < size and size > _READ_SIZE:
-            return await self._receive_large(size)
-        while len(buffer) < size:
-            # Wait before reading: a frame we still lack has rarely arrived already, and an
-            # empty read would cost a syscall and an exception.
-            await anyio.wait_readable(self._fd)
-            try:
-                self._fill()
-            except BlockingIOError:
-                continue
-        data = bytes(buffer[:size])
-        del buffer[:size]
-        return data
-
-    async def _receive_large(self, size: int) -> bytearray:
-        # Read straight into the payload's own buffer: no intermediate copies of a large message.
-        payload = bytearray(size)
-        view = memoryview(payload)
-        filled = len(self._buffer)
-        view[:filled] = self._buffer
-        self._buffer.clear()
-        while filled < size:
-            try:
-                count = os.readv(self._fd, [view[filled:]])
-            except BlockingIOError:
-                await anyio.wait_readable(self._fd)
-                continue
-            except ConnectionResetError as error:
-                raise ChannelClosed from error
-            if count == 0:
-                raise ChannelClosed
-            filled += count
-        return payload
-
-    def _fill(self) -> None:
+    def _read(self) -> None:
+        """Read what has arrived, if anything."""
         if self._fd < 0:
             raise ChannelClosed
         try:
-            chunk = os.read(self._fd, _READ_SIZE)
-        except ConnectionResetError as error:
+            count = os.readv(self._fd, [self._reader.free_space()])
+        except BlockingIOError:
+            return
+        except (ConnectionResetError, OSError) as error:
             raise ChannelClosed from error
-        if not chunk:
+        if count == 0:
             raise ChannelClosed
-        self._buffer += chunk
-
+        self._reader.advance(count)

@@ -9,7 +9,6 @@ import multiprocessing.forkserver
 import os
 import signal
 import sys
-import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -567,8 +566,7 @@ class Pool:
         await anyio.lowlevel.checkpoint()
         core = self._core
         core.check_open()
-        call = protocol.Call(fn, args, kwargs, current_library())
-        payload = dumps_call_arguments(call, fn, args, kwargs)
+        payload = dumps_call_arguments((fn, args, kwargs, current_library()), fn, args, kwargs)
         return await core.submit(fn, payload, self._options)
 
     def close(self) -> None:
@@ -635,7 +633,7 @@ CallOptions.__module__ = "anypool"
 def _preload_worker_module_in_forkserver() -> None:
     """Have multiprocessing's forkserver import the worker module once, so that each worker
     forked from it starts with it loaded. Only effective before the forkserver starts."""
-    forkserver = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]
+    forkserver = multiprocessing.forkserver._forkserver
     # Keep what the application asked the forkserver to preload (default: ["__main__"]).
     preload = list(getattr(forkserver, "_preload_modules", ["__main__"]))
     if _WORKER_MODULE not in preload:

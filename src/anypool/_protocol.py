@@ -5,7 +5,8 @@ the payload. The length is 64 bits, so a frame of any size is one message, and a
 knows how many bytes to wait for.
 
 Parent to worker:
-    CALL        a pickled :class:`Call`.
+    CALL        a pickled tuple ``(fn, args, kwargs, event_loop)``; ``event_loop`` says where a
+                coroutine returned by ``fn`` runs: ``"asyncio"`` or ``"trio"``, as the caller.
 Worker to parent:
     RESULT      the pickled return value of a call.
     ERROR       a pickled :class:`ErrorReport`: the call raised.
@@ -28,8 +29,8 @@ __all__ = [
     "INIT_FAILED",
     "RESULT",
     "RETIRING",
-    "Call",
     "ErrorReport",
+    "FrameReader",
     "WorkerConfig",
     "encode_frame",
     "unsent",
@@ -58,14 +59,74 @@ def unsent(parts: list[bytes], offset: int) -> memoryview:
     return memoryview(b"")
 
 
-class Call(NamedTuple):
-    """One function call for a worker to run."""
+class FrameReader:
+    """Reassembles frames from the bytes read from a pipe, whichever way they are read.
 
-    fn: Any
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    event_loop: str
-    """Where a coroutine returned by ``fn`` runs: ``"asyncio"`` or ``"trio"``, as the caller."""
+    The owner reads into :meth:`free_space`, reports the count to :meth:`advance`, and takes
+    frames from :meth:`next_frame`. Reads go into one reusable buffer (allocating a fresh
+    buffer per read is what makes naive readers slow); a frame too large for it gets a buffer
+    of its own, read into directly, so a large payload is never copied on its way in.
+    """
+
+    __slots__ = ("_buffer", "_end", "_large", "_large_filled", "_large_kind", "_start", "_view")
+
+    def __init__(self, size: int = 256 * 1024) -> None:
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
+        self._large: bytearray | None = None
+        self._large_kind = 0
+        self._large_filled = 0
+
+    def next_frame(self) -> tuple[int, bytes | bytearray] | None:
+        """The next complete frame (kind, payload), or ``None`` until more bytes are read."""
+        if self._large is not None:
+            if self._large_filled < len(self._large):
+                return None
+            frame, self._large = (self._large_kind, self._large), None
+            return frame
+        available = self._end - self._start
+        if available < HEADER.size:
+            return None
+        kind, size = HEADER.unpack_from(self._buffer, self._start)
+        begin = self._start + HEADER.size
+        if available - HEADER.size >= size:
+            payload = bytes(self._view[begin : begin + size])
+            self._start = begin + size
+            if self._start == self._end:
+                self._start = self._end = 0
+            return kind, payload
+        if HEADER.size + size > len(self._buffer):
+            # Move what arrived of the payload into a buffer of its own and read the rest there.
+            self._large = bytearray(size)
+            self._large_kind = kind
+            self._large_filled = self._end - begin
+            self._large[: self._large_filled] = self._view[begin : self._end]
+            self._start = self._end = 0
+        return None
+
+    @property
+    def partial(self) -> bool:
+        """Whether part of a frame has been read."""
+        return self._end > self._start or self._large is not None
+
+    def free_space(self) -> memoryview:
+        """Where the next read must go."""
+        if self._large is not None:
+            return memoryview(self._large)[self._large_filled :]
+        if self._end == len(self._buffer):
+            # Full with the start of a frame that fits: move it to the front.
+            remaining = self._end - self._start
+            self._buffer[:remaining] = self._view[self._start : self._end]
+            self._start, self._end = 0, remaining
+        return self._view[self._end :]
+
+    def advance(self, count: int) -> None:
+        """Record that ``count`` bytes were read into :meth:`free_space`."""
+        if self._large is not None:
+            self._large_filled += count
+        else:
+            self._end += count
 
 
 class ErrorReport(NamedTuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -9,9 +10,10 @@ import signal
 import time
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+
 import anyio
 
-from ._channel import ChannelClosed, MessageChannel
+from ._channel import MessageChannel
 from ._child.worker import main as worker_main
 
 __all__ = ["WorkerHandle"]
@@ -24,10 +26,8 @@ _parent_ends: set[int] = set()
 
 def _forget_parent_ends_after_fork() -> None:
     for fd in _parent_ends:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _parent_ends.clear()
 
 
@@ -41,7 +41,7 @@ class WorkerHandle:
     and only the owner waits on its pipe or its exit: anyio allows one waiter per descriptor.
     """
 
-    __slots__ = ("_process", "calls", "channel", "idle_since", "pid")
+    __slots__ = ("_process", "calls", "channel", "exitcode", "idle_since", "pid")
 
     def __init__(self, process: BaseProcess, channel: MessageChannel) -> None:
         self._process = process
@@ -49,6 +49,8 @@ class WorkerHandle:
         self.pid: int = process.pid  # type: ignore[assignment]  # set once started
         self.calls = 0
         self.idle_since = 0.0
+        self.exitcode: int | None = None
+        """The exit status once the process has been reaped, else ``None``."""
 
     @classmethod
     def start(cls, context: BaseContext, config_blob: bytes) -> WorkerHandle:
@@ -77,10 +79,6 @@ class WorkerHandle:
             child_end.close()
         return cls(process, channel)
 
-    @property
-    def exitcode(self) -> int | None:
-        return self._process.exitcode
-
     def close_pipe(self) -> None:
         """Close the parent's end: an idle worker exits when it sees end-of-file."""
         _parent_ends.discard(self.channel.fileno)
@@ -88,28 +86,34 @@ class WorkerHandle:
 
     def signal(self, signum: signal.Signals) -> None:
         """Send ``signum`` unless the process was already reaped."""
-        if self._process.exitcode is None:
-            try:
+        if self.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
 
     def poll_exited(self) -> bool:
         """Reap the process if it has exited, without waiting."""
-        return self._process.exitcode is not None
+        if self.exitcode is None and self._process.exitcode is not None:
+            self._reap()
+        return self.exitcode is not None
 
     async def wait_exited(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the process to exit, and reap it if it did."""
-        if self._process.exitcode is not None:
+        if self.poll_exited():
             return True
         with anyio.move_on_after(timeout) as scope:
             await anyio.wait_readable(self._process.sentinel)
         if scope.cancelled_caught:
-            return self._process.exitcode is not None
-        # The sentinel fires as the process closes its descriptors, an instant before its exit
-        # status can be collected: join() waits out that instant.
-        self._process.join()
+            return self.poll_exited()
+        self._reap()
         return True
+
+    def _reap(self) -> None:
+        # The sentinel fires as the process closes its descriptors, an instant before its exit
+        # status can be collected: join() waits out that instant. close() then releases the
+        # descriptors multiprocessing keeps for the process, and its entry in active_children().
+        self._process.join()
+        self.exitcode = self._process.exitcode
+        self._process.close()
 
     async def stop(self, grace: float, *, terminate: bool) -> int | None:
         """End the process and reap it: SIGTERM first if ``terminate`` (else wait for it to exit
@@ -124,19 +128,20 @@ class WorkerHandle:
             if not await self.wait_exited(grace):
                 self.signal(signal.SIGKILL)
                 await self.wait_exited(math.inf)
-        return self._process.exitcode
+        return self.exitcode
 
     def stop_now(self, grace: float) -> None:
         """Blocking version of ``stop(grace, terminate=False)``, for interpreter exit."""
         self.close_pipe()
+        if self.exitcode is not None:
+            return
         self._process.join(grace)
         if self._process.exitcode is None:
             self.signal(signal.SIGKILL)
-            self._process.join()
+        self._reap()
 
     def mark_idle(self) -> None:
         self.idle_since = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<WorkerHandle pid={self.pid} calls={self.calls}>"
-

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import select
 import signal
+import socket
+import struct
 import traceback
 import types
 from multiprocessing.connection import Connection
@@ -17,58 +19,40 @@ from .lifeline import die_with_parent
 
 __all__ = ["main"]
 
-_READ_SIZE = 256 * 1024
-
 
 class _Pipe:
     """Blocking, framed messages over the worker's end of its pipe."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, idle_timeout: float | None) -> None:
         self._fd = fd
-        self._buffer = bytearray()
-        self._poller = select.poll()
-        self._poller.register(fd, select.POLLIN)
-
-    def wait(self, timeout: float | None) -> bool:
-        """Whether a message (or end-of-file) arrived within ``timeout`` seconds."""
-        if self._buffer or timeout is None:
-            return True
-        return bool(self._poller.poll(timeout * 1000))
+        self._reader = protocol.FrameReader()
+        if idle_timeout is not None:
+            # A read that waits this long fails with EAGAIN: the idle timeout costs no syscall
+            # per call (the pipe is a socket pair).
+            seconds = int(idle_timeout)
+            timeval = struct.pack("ll", seconds, int((idle_timeout - seconds) * 1e6))
+            with socket.socket(fileno=fd) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+                sock.detach()
 
     def receive(self) -> tuple[int, bytes | bytearray] | None:
-        """The next message, or ``None`` at end-of-file."""
-        header = self._receive_exactly(protocol.HEADER.size)
-        if header is None:
-            return None
-        kind, size = protocol.HEADER.unpack(header)
-        payload = self._receive_exactly(size)
-        if payload is None:
-            return None
-        return kind, payload
+        """The next message, or ``None`` at end-of-file.
 
-    def _receive_exactly(self, size: int) -> bytes | bytearray | None:
-        buffer = self._buffer
-        if len(buffer) < size and size > _READ_SIZE:
-            # A large payload goes straight into its own buffer, with no intermediate copies.
-            payload = bytearray(size)
-            view = memoryview(payload)
-            filled = len(buffer)
-            view[:filled] = buffer
-            buffer.clear()
-            while filled < size:
-                count = os.readv(self._fd, [view[filled:]])
-                if count == 0:
-                    return None
-                filled += count
-            return payload
-        while len(buffer) < size:
-            chunk = os.read(self._fd, _READ_SIZE)
-            if not chunk:
+        Raises:
+            TimeoutError: no message started to arrive within ``idle_timeout``.
+        """
+        reader = self._reader
+        while (frame := reader.next_frame()) is None:
+            try:
+                count = os.readv(self._fd, [reader.free_space()])
+            except BlockingIOError:
+                if reader.partial:
+                    continue
+                raise TimeoutError from None
+            if count == 0:
                 return None
-            buffer += chunk
-        data = bytes(buffer[:size])
-        del buffer[:size]
-        return data
+            reader.advance(count)
+        return frame
 
     def send(self, kind: int, payload: bytes) -> None:
         parts, total = protocol.encode_frame(kind, payload)
@@ -85,11 +69,9 @@ def main(connection: Connection, config_blob: bytes) -> None:
     fd = connection.fileno()
     die_with_parent(fd)
     config: protocol.WorkerConfig = loads(config_blob)
-    try:
-        _serve(_Pipe(fd), config)
-    except (BrokenPipeError, ConnectionResetError):
-        # The parent closed its end without waiting for us: nobody is left to tell.
-        pass
+    # BrokenPipeError: the parent closed its end without waiting for us; nobody is left to tell.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        _serve(_Pipe(fd, config.idle_timeout), config)
 
 
 def _serve(pipe: _Pipe, config: protocol.WorkerConfig) -> None:
@@ -100,11 +82,12 @@ def _serve(pipe: _Pipe, config: protocol.WorkerConfig) -> None:
             pipe.send(protocol.INIT_FAILED, _report(error))
             return
     while True:
-        if not pipe.wait(config.idle_timeout):
+        try:
+            message = pipe.receive()
+        except TimeoutError:
             # Tell the parent before leaving: a call it sends from now on was never started.
             pipe.send(protocol.RETIRING, b"")
             return
-        message = pipe.receive()
         if message is None:
             return
         pipe.send(*_run(message[1]))
@@ -112,16 +95,16 @@ def _serve(pipe: _Pipe, config: protocol.WorkerConfig) -> None:
 
 def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
     try:
-        call: protocol.Call = loads(payload)
-        result = call.fn(*call.args, **call.kwargs)
+        fn, args, kwargs, event_loop = loads(payload)
+        result = fn(*args, **kwargs)
         if isinstance(result, types.CoroutineType):
-            result = _run_coroutine(result, call.event_loop)
+            result = _run_coroutine(result, event_loop)
     except BaseException as error:
         return protocol.ERROR, _report(error)
     try:
         return protocol.RESULT, dumps(result)
     except Exception as error:
-        failure = SerializationError(f"could not pickle the result of {describe(call.fn)}: {error}")
+        failure = SerializationError(f"could not pickle the result of {describe(fn)}: {error}")
         failure.__cause__ = error
         return protocol.ERROR, _report(failure)
 
@@ -154,7 +137,9 @@ def _report(error: BaseException) -> bytes:
         except Exception:
             exception = None
     cls = type(error)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
     try:
         message = str(error)
     except Exception:
