@@ -11,8 +11,9 @@ import io
 import pickle
 import sys
 import types
+from collections import ChainMap
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 
@@ -70,6 +71,24 @@ def _importable(obj: types.FunctionType | type) -> bool:
     return found is obj
 
 
+_reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code_keeping_its_file(code: types.CodeType) -> Any:
+    # cloudpickle names the file of code it pickles by value "<dynamic-code>"; keep the real
+    # name, so that a remote traceback points at the file and line the user wrote.
+    rebuild, fields = _reduce_code(code)
+    return rebuild, tuple(
+        code.co_filename if field == "<dynamic-code>" else field for field in fields
+    )
+
+
+class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
+    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+        {types.CodeType: _reduce_code_keeping_its_file}, cloudpickle.Pickler.dispatch_table
+    )
+
+
 def dumps(obj: object) -> bytes:
     """Pickle ``obj``, by value where it cannot be found by reference (cloudpickle)."""
     file = io.BytesIO()
@@ -77,8 +96,8 @@ def dumps(obj: object) -> bytes:
         _ByReferencePickler(file, PROTOCOL).dump(obj)
     except Exception:
         # Something only cloudpickle handles, or that nothing can pickle: let cloudpickle say.
-        pickled: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
-        return pickled
+        file = io.BytesIO()
+        _ByValuePickler(file, PROTOCOL).dump(obj)
     return file.getvalue()
 
 

@@ -1,0 +1,110 @@
+"""The examples, and the programs in README.md and docs/, run and print what they promise.
+
+Each runs as a script in its own interpreter, the way a reader would run it. A ```python block in
+the Markdown files counts as a complete program when it calls anyio.run, asyncio.run or trio.run;
+other blocks are fragments and are not run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "index.md"
+
+PYTHON_BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+ENTRY_POINTS = ("anyio.run(", "asyncio.run(", "trio.run(")
+
+
+def programs_in(markdown: Path) -> list[str]:
+    blocks = PYTHON_BLOCK.findall(markdown.read_text())
+    return [block for block in blocks if any(call in block for call in ENTRY_POINTS)]
+
+
+def program_params(markdown: Path) -> list[object]:
+    text = markdown.read_text()
+    params: list[object] = []
+    for code in programs_in(markdown):
+        line = text[: text.index(code)].count("\n") + 1
+        params.append(pytest.param(code, id=f"{markdown.name}:{line}"))
+    return params
+
+
+def run_python(script: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `script` with this interpreter, importing anypool from this checkout; expect exit 0."""
+    paths = [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    process = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert process.returncode == 0, (
+        f"{script.name} exited with {process.returncode}\n"
+        f"--- stdout\n{process.stdout}\n--- stderr\n{process.stderr}"
+    )
+    return process
+
+
+def run_program(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "program.py"
+    script.write_text(code)
+    return run_python(script, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES.glob("*.py")), ids=lambda path: path.name)
+def test_example_runs(script: Path) -> None:
+    run_python(script, cwd=ROOT)
+
+
+def test_quickstart_asyncio_prints_the_prime_counts() -> None:
+    output = run_python(EXAMPLES / "quickstart_asyncio.py", cwd=ROOT).stdout
+    assert "[5133, 9592]" in output
+
+
+def test_quickstart_trio_gives_up_and_goes_on() -> None:
+    output = run_python(EXAMPLES / "quickstart_trio.py", cwd=ROOT).stdout
+    assert "primes below 100_000: 9592" in output
+    assert "the pool is still usable: 6" in output
+
+
+def test_demo_shows_a_result_a_remote_traceback_and_a_killed_worker() -> None:
+    output = run_python(EXAMPLES / "demo.py", cwd=ROOT).stdout
+    for backend in ("asyncio", "trio"):
+        assert f"===== {backend} =====" in output
+    sections = output.split("===== trio =====")
+    for section in sections:
+        assert "primes below 100_000: 9592" in section
+        assert "caught ValueError:" in section
+        assert "its __cause__ is anypool.RemoteTraceback" in section
+        assert "Traceback (most recent call last):" in section
+        assert re.search(r"line \d+, in parse_setting\n", section), section
+        assert re.search(r"worker \d+ was killed", section), section
+        assert "the next call ran on a new worker" in section
+
+
+@pytest.mark.parametrize("code", program_params(README))
+def test_readme_program_runs(code: str, tmp_path: Path) -> None:
+    run_program(code, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["quickstart_asyncio.py", "quickstart_trio.py"])
+def test_readme_quick_starts_are_the_example_files(name: str) -> None:
+    assert (EXAMPLES / name).read_text() in programs_in(README)
+
+
+@pytest.mark.parametrize("code", program_params(GUIDE))
+def test_user_guide_program_runs(code: str, tmp_path: Path) -> None:
+    run_program(code, tmp_path)
