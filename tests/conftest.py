@@ -1,0 +1,123 @@
+"""Backends every async test runs on, and the leak check every test passes.
+
+``wait_until`` and the other helpers live in ``support.py`` so that test modules can import them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.process
+import multiprocessing.resource_tracker
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import uvloop
+
+import anypool
+from support import ALL_BACKENDS, BACKEND_IDS, POLL_INTERVAL, descendants
+
+LEAK_DEADLINE = 3.0
+
+
+@pytest.fixture(params=ALL_BACKENDS, ids=BACKEND_IDS)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """Tests marked ``anyio`` run on asyncio, asyncio with uvloop, and trio."""
+    return request.param
+
+
+@pytest.fixture(scope="session", autouse=True)
+def multiprocessing_helpers() -> None:
+    """Start the process-wide helpers once, so that every test's baseline has them:
+    multiprocessing's forkserver and resource tracker, and the wake-up pipe uvloop creates with
+    its first loop.
+
+    A Pool is created first (it starts no process) so that whatever it asks the forkserver to
+    preload is in place before the forkserver starts, as in an application.
+    """
+    anypool.Pool(max_workers=1)
+    multiprocessing.get_context("forkserver")
+    multiprocessing.forkserver.ensure_running()
+    multiprocessing.resource_tracker.ensure_running()
+    uvloop.new_event_loop().close()
+
+
+# --- leak check ------------------------------------------------------------------------------
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open descriptors and what they point to."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        # The descriptor that listed the directory is closed by now: skip it.
+        with contextlib.suppress(OSError):
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return fds
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def describe_process(process: psutil.Process) -> str:
+    try:
+        with process.oneshot():
+            return f"pid {process.pid} [{process.status()}] {' '.join(process.cmdline())!r}"
+    except psutil.Error as error:
+        return f"pid {process.pid} ({type(error).__name__})"
+
+
+def unjoined_processes() -> list[str]:
+    """A hint for the report: multiprocessing keeps the Process objects of children that were
+    never joined (with their descriptors) until the next Process.start()."""
+    kept = multiprocessing.process._children  # type: ignore[attr-defined]
+    return [f"  (multiprocessing still holds unjoined {process!r})" for process in kept]
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a process (zombies included), a descriptor or a shared-memory
+    segment behind. Event loops run by the test runners are closed by the time this checks."""
+    processes_before = set(descendants())
+    fds_before = open_fds()
+    shm_before = shm_entries()
+    yield
+    # Descriptors held by objects in reference cycles (tracebacks kept by pytest.raises) are
+    # closed when those objects are collected; a collectable object is not a leak.
+    gc.collect()
+    deadline = time.monotonic() + LEAK_DEADLINE
+    while True:
+        processes = {
+            pid: process for pid, process in descendants().items() if pid not in processes_before
+        }
+        fds = {
+            fd: target
+            for fd, target in open_fds().items()
+            if fd not in fds_before or fds_before[fd] != target
+        }
+        shm = shm_entries() - shm_before
+        if not (processes or fds or shm) or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_INTERVAL)
+    if not (processes or fds or shm):
+        return
+    report = [f"the test left these behind (after {LEAK_DEADLINE} s):"]
+    report += [f"  process {describe_process(process)}" for process in processes.values()]
+    report += [f"  fd {fd} -> {target}" for fd, target in sorted(fds.items())]
+    report += [f"  /dev/shm/{name}" for name in sorted(shm)]
+    report += unjoined_processes()
+    # Keep later tests' baselines clean of this test's processes.
+    for pid in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for name in shm:
+        with contextlib.suppress(OSError):
+            Path("/dev/shm", name).unlink()
+    pytest.fail("\n".join(report), pytrace=False)

@@ -1,0 +1,236 @@
+"""Helpers shared by the tests: waiting on conditions, observing processes, running scripts."""
+
+from __future__ import annotations
+
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import psutil
+import uvloop
+
+import anypool
+import workers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ALL_BACKENDS = [
+    "asyncio",
+    ("asyncio", {"loop_factory": uvloop.new_event_loop}),
+    "trio",
+]
+BACKEND_IDS = ["asyncio", "asyncio+uvloop", "trio"]
+ASYNCIO_BACKENDS = ALL_BACKENDS[:2]
+ASYNCIO_BACKEND_IDS = BACKEND_IDS[:2]
+
+POLL_INTERVAL = 0.01
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds have passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return bool(predicate())
+        time.sleep(POLL_INTERVAL)
+    return True
+
+
+async def wait_until_async(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Like :func:`wait_until`, but lets the event loop run meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return bool(predicate())
+        await anyio.sleep(POLL_INTERVAL)
+    return True
+
+
+async def stays_true(predicate: Callable[[], object], duration: float) -> bool:
+    """Whether ``predicate`` holds at every poll for ``duration`` seconds, the event loop
+    running meanwhile (so that whatever could make it false gets the chance)."""
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        if not predicate():
+            return False
+        await anyio.sleep(POLL_INTERVAL)
+    return bool(predicate())
+
+
+async def read_pid(path: Path, timeout: float = 20.0) -> int:
+    """The pid a worker wrote to ``path`` (see :func:`workers.write_pid`), once it is there."""
+    assert await wait_until_async(path.exists, timeout), f"no worker wrote {path.name}"
+    return int(path.read_text())
+
+
+def read_pid_blocking(path: Path, timeout: float = 20.0) -> int:
+    assert wait_until(path.exists, timeout), f"no worker wrote {path.name}"
+    return int(path.read_text())
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def multiprocessing_helper_pids() -> set[int]:
+    """multiprocessing's forkserver and resource tracker: process-wide, not any pool's."""
+    pids = {
+        multiprocessing.forkserver._forkserver._forkserver_pid,  # type: ignore[attr-defined]
+        multiprocessing.resource_tracker._resource_tracker._pid,  # type: ignore[attr-defined]
+    }
+    return {pid for pid in pids if pid is not None}
+
+
+def descendants() -> dict[int, psutil.Process]:
+    """Every live or zombie descendant of this process but multiprocessing's helpers."""
+    helpers = multiprocessing_helper_pids()
+    found = {}
+    for process in psutil.Process().children(recursive=True):
+        if process.pid not in helpers:
+            found[process.pid] = process
+    return found
+
+
+def pool_processes() -> set[int]:
+    return set(descendants())
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited and been reaped (a zombie still exists)."""
+    return not psutil.pid_exists(pid)
+
+
+def dead(pid: int) -> bool:
+    """Whether ``pid`` has exited, reaped or not (for processes that are not ours to reap)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# --- cancellation scenarios -----------------------------------------------------------------
+
+
+class Victim:
+    """A call that records its worker's pid and then sleeps for a minute: it ends only if the
+    worker is killed.
+
+    ``run()`` records whether that pid still existed at the moment the cancellation came out of
+    ``pool.run`` (the spec: by then the worker is reaped).
+    """
+
+    def __init__(self, pool: anypool.Pool, tmp_path: Path, name: str = "victim") -> None:
+        self.pool = pool
+        self.pid_file = tmp_path / f"{name}.pid"
+        self.cancelled = False
+        self.pid_existed_when_cancelled: bool | None = None
+
+    async def run(self) -> None:
+        try:
+            await self.pool.run(workers.write_pid_and_sleep, self.pid_file, 60)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled = True
+            if self.pid_file.exists():
+                self.pid_existed_when_cancelled = psutil.pid_exists(int(self.pid_file.read_text()))
+            raise
+        raise AssertionError("the victim's call returned instead of being cancelled")
+
+    async def started(self) -> int:
+        """Wait until the worker runs the call; its pid."""
+        return await read_pid(self.pid_file)
+
+    @property
+    def pid(self) -> int:
+        return int(self.pid_file.read_text())
+
+    def assert_killed_before_cancellation_propagated(self) -> None:
+        assert self.cancelled, "pool.run did not raise the cancellation"
+        assert self.pid_existed_when_cancelled is False, (
+            f"worker {self.pid} still existed when the cancellation left pool.run"
+        )
+
+
+@asynccontextmanager
+async def bystander_call(pool: anypool.Pool, tmp_path: Path) -> AsyncIterator[int]:
+    """A call running on another worker for the duration of the block; yields its worker's pid.
+
+    On leaving the block the call is let finish and must return normally.
+    """
+    pid_file = tmp_path / "bystander.pid"
+    release = tmp_path / "bystander.release"
+    results: list[int] = []
+
+    async def call() -> None:
+        results.append(await pool.run(workers.write_pid_and_wait_for, pid_file, release))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(call)
+        pid = await read_pid(pid_file)
+        yield pid
+        assert psutil.pid_exists(pid), "the bystander's worker was killed too"
+        release.touch()
+    assert results == [pid], "the bystander's call did not complete normally"
+
+
+# --- scripts --------------------------------------------------------------------------------
+
+
+def script_environment() -> dict[str, str]:
+    """The environment for a script: imports anypool from this checkout."""
+    paths = [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
+
+
+def write_script(tmp_path: Path, code: str, name: str = "script.py") -> Path:
+    script = tmp_path / name
+    script.write_text(textwrap.dedent(code))
+    return script
+
+
+def run_script(script: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with this interpreter as a user would; expect exit status 0.
+
+    Its output goes to files, not pipes: a process it leaves behind holding them cannot make
+    this wait.
+    """
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.run(
+            [sys.executable, str(script), *args],
+            cwd=script.parent,
+            env=script_environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=timeout,
+            check=False,
+        )
+        stdout.seek(0)
+        stderr.seek(0)
+        process.stdout, process.stderr = stdout.read(), stderr.read()
+    assert process.returncode == 0, (
+        f"{script.name} exited with {process.returncode}\n"
+        f"--- stdout\n{process.stdout}\n--- stderr\n{process.stderr}"
+    )
+    return process
+
+
+def start_script(script: Path, *args: str) -> subprocess.Popen[str]:
+    """Start ``script`` in a session of its own, as a shell starts a foreground job."""
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=script.parent,
+        env=script_environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )

@@ -1,0 +1,83 @@
+"""asyncio's own ways to cancel (asyncio.timeout, asyncio.wait_for, task.cancel()) kill the
+worker running the call, as anyio's do; on plain asyncio and on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import anypool
+import workers
+from support import ASYNCIO_BACKEND_IDS, ASYNCIO_BACKENDS, Victim, bystander_call, read_pid
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS, ids=ASYNCIO_BACKEND_IDS),
+]
+
+
+async def run_under_asyncio_timeout(victim: Victim) -> None:
+    """The victim's call under ``asyncio.timeout``, rescheduled to now once the call runs."""
+
+    async def expire_when_started() -> None:
+        await victim.started()
+        timeout.reschedule(asyncio.get_running_loop().time())
+
+    async with asyncio.timeout(60) as timeout:
+        expiry = asyncio.create_task(expire_when_started())
+        try:
+            await victim.run()
+        finally:
+            expiry.cancel()
+
+
+async def test_asyncio_timeout_kills_the_worker_running_the_call(tmp_path) -> None:
+    async with anypool.Pool(2) as pool:
+        victim = Victim(pool, tmp_path)
+        async with bystander_call(pool, tmp_path):
+            with pytest.raises(TimeoutError):
+                await run_under_asyncio_timeout(victim)
+        victim.assert_killed_before_cancellation_propagated()
+        assert await pool.run(workers.square, 3) == 9
+
+
+async def test_asyncio_wait_for_kills_the_worker_running_the_call(tmp_path) -> None:
+    async with anypool.Pool(2) as pool:
+        victim = Victim(pool, tmp_path)
+        async with bystander_call(pool, tmp_path):
+            # Warm the victim's worker, so that the call is surely running when the timeout hits.
+            await pool.run(workers.current_pid)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(victim.run(), timeout=1.0)
+        assert victim.pid_file.exists(), "the call had not started when wait_for timed out"
+        victim.assert_killed_before_cancellation_propagated()
+        assert await pool.run(workers.square, 3) == 9
+
+
+async def test_task_cancel_kills_the_worker_running_the_call(tmp_path) -> None:
+    async with anypool.Pool(2) as pool:
+        victim = Victim(pool, tmp_path)
+        async with bystander_call(pool, tmp_path):
+            task = asyncio.create_task(victim.run())
+            await victim.started()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        victim.assert_killed_before_cancellation_propagated()
+        assert await pool.run(workers.square, 3) == 9
+
+
+async def test_task_cancel_with_kill_on_cancel_false_keeps_the_worker(tmp_path) -> None:
+    release = tmp_path / "release"
+    async with anypool.Pool(1) as pool:
+        patient = pool.with_options(kill_on_cancel=False)
+        task = asyncio.create_task(
+            patient.run(workers.write_pid_and_wait_for, tmp_path / "pid", release)
+        )
+        pid = await read_pid(tmp_path / "pid")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.touch()
+        assert await pool.run(workers.current_pid) == pid

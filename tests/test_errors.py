@@ -1,0 +1,291 @@
+"""What the caller sees when a call fails: the function's own exception with its remote
+traceback, a RemoteError, a BrokenWorkerError, a SerializationError, an InitializerError; and
+the pool serves the next call."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+
+import anyio
+import psutil
+import pytest
+
+import anypool
+import workers
+from support import gone, pool_processes, read_pid, stays_true
+
+pytestmark = pytest.mark.anyio
+
+WORKERS_FILE = os.path.basename(workers.__file__)
+
+
+# --- the function's exception ---------------------------------------------------------------
+
+
+async def test_exception_keeps_its_type_and_message() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(ValueError, match=r"^bad value$") as info:
+            await pool.run(workers.raise_value_error, "bad value")
+    assert type(info.value) is ValueError
+    assert info.value.args == ("bad value",)
+
+
+async def test_exception_keeps_its_custom_type_and_attributes() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(workers.CustomError) as info:
+            await pool.run(workers.raise_custom_error, 42, "no answer")
+    assert info.value.args == (42, "no answer")
+    assert (info.value.code, info.value.detail) == (42, "no answer")
+
+
+async def test_exception_cause_is_the_remote_traceback() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(ValueError, match="bad value") as info:
+            await pool.run(workers.raise_value_error, "bad value")
+    cause = info.value.__cause__
+    assert isinstance(cause, anypool.RemoteTraceback)
+    text = str(cause)
+    assert "Traceback (most recent call last):" in text
+    assert "raise_value_error" in text
+    assert WORKERS_FILE in text
+    assert "line " in text
+    assert "ValueError: bad value" in text
+
+
+async def test_exception_from_a_lambda_names_the_lambda_in_the_remote_traceback() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(ZeroDivisionError) as info:
+            await pool.run(lambda: 1 / 0)
+    assert "<lambda>" in str(info.value.__cause__)
+
+
+async def test_pool_serves_the_next_call_on_the_same_worker_after_an_exception() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        with pytest.raises(ValueError, match="bad value"):
+            await pool.run(workers.raise_value_error, "bad value")
+        assert await pool.run(workers.current_pid) == pid
+
+
+# --- exceptions that cannot travel as themselves --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("function", "type_name", "message"),
+    [
+        (workers.raise_unpicklable_error, "workers.UnpicklableError", "holds a lock"),
+        (workers.raise_unreducible_error, "workers.UnreducibleError", "refuses pickling"),
+        (workers.raise_unbuildable_error, "workers.UnbuildableError", "this and that"),
+    ],
+    ids=["holds-a-lock", "reduce-raises", "cannot-unpickle"],
+)
+async def test_exception_that_cannot_be_delivered_becomes_remote_error(
+    function, type_name: str, message: str
+) -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(anypool.RemoteError) as info:
+            await pool.run(function)
+        error = info.value
+        assert error.type_name == type_name
+        assert error.message == message
+        assert function.__name__ in error.traceback
+        assert "Traceback (most recent call last):" in error.traceback
+        assert isinstance(error.__cause__, anypool.RemoteTraceback)
+        assert await pool.run(workers.square, 2) == 4
+
+
+async def test_sys_exit_in_the_function_becomes_remote_error_and_the_parent_lives_on() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(anypool.RemoteError) as info:
+            await pool.run(workers.exit_with, 3)
+        assert info.value.type_name == "SystemExit"
+        assert info.value.message == "3"
+        assert "exit_with" in info.value.traceback
+        assert await pool.run(workers.square, 2) == 4
+
+
+async def test_keyboard_interrupt_in_the_function_becomes_remote_error() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(anypool.RemoteError) as info:
+            await pool.run(workers.raise_keyboard_interrupt)
+        assert info.value.type_name == "KeyboardInterrupt"
+        assert await pool.run(workers.square, 2) == 4
+
+
+# --- workers that die -----------------------------------------------------------------------
+
+
+async def test_worker_exiting_during_a_call_raises_broken_worker_error() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        with pytest.raises(anypool.BrokenWorkerError) as info:
+            await pool.run(workers.exit_immediately, 3)
+        error = info.value
+        assert isinstance(error, RuntimeError)
+        assert (error.pid, error.exitcode, error.signal_name) == (pid, 3, None)
+        assert str(pid) in str(error)
+        assert "3" in str(error).replace(str(pid), "")
+        assert gone(pid)
+        assert await pool.run(workers.current_pid) != pid
+
+
+async def test_worker_killed_from_outside_raises_broken_worker_error(tmp_path) -> None:
+    async with anypool.Pool(1) as pool:
+        outcome: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await pool.run(workers.write_pid_and_sleep, tmp_path / "pid", 60)
+            except anypool.BrokenWorkerError as error:
+                outcome.append(error)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call)
+            pid = await read_pid(tmp_path / "pid")
+            os.kill(pid, signal.SIGKILL)
+        [error] = outcome
+        assert (error.pid, error.exitcode, error.signal_name) == (pid, -signal.SIGKILL, "SIGKILL")
+        assert str(pid) in str(error)
+        assert "SIGKILL" in str(error)
+        assert gone(pid)
+        assert await pool.run(workers.square, 5) == 25
+
+
+async def test_worker_crashing_with_a_segfault_raises_broken_worker_error() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        with pytest.raises(anypool.BrokenWorkerError) as info:
+            await pool.run(workers.crash_with_segfault)
+        error = info.value
+        assert (error.pid, error.exitcode, error.signal_name) == (pid, -signal.SIGSEGV, "SIGSEGV")
+        assert "SIGSEGV" in str(error)
+        assert gone(pid)
+        assert await pool.run(workers.square, 5) == 25
+
+
+async def test_broken_worker_error_is_counted_and_the_worker_replaced() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(anypool.BrokenWorkerError):
+            await pool.run(workers.exit_immediately, 3)
+        stats = pool.stats()
+        assert (stats.calls_failed, stats.workers_replaced, stats.workers_alive) == (1, 1, 0)
+
+
+# --- serialization --------------------------------------------------------------------------
+
+
+async def test_unpicklable_argument_raises_serialization_error_naming_it() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(anypool.SerializationError) as info:
+            await pool.run(workers.identity, threading.Lock())
+    error = info.value
+    assert isinstance(error, TypeError)
+    assert isinstance(error, pickle.PicklingError)
+    message = str(error)
+    assert "argument" in message
+    assert "_thread.lock" in message
+    assert "identity" in message
+
+
+async def test_unpicklable_keyword_argument_raises_serialization_error_naming_it() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(anypool.SerializationError) as info:
+            await pool.run(workers.keyword_arguments, fine=1, x=threading.Lock())
+    assert "keyword argument 'x'" in str(info.value)
+    assert "_thread.lock" in str(info.value)
+
+
+async def test_unpicklable_argument_keeps_the_worker() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        with pytest.raises(anypool.SerializationError):
+            await pool.run(workers.identity, threading.Lock())
+        assert await pool.run(workers.current_pid) == pid
+
+
+async def test_unpicklable_result_raises_serialization_error_and_keeps_the_worker() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        with pytest.raises(anypool.SerializationError) as info:
+            await pool.run(workers.return_lock)
+        assert isinstance(info.value, TypeError)
+        assert "the result of return_lock" in str(info.value)
+        assert "_thread.lock" in str(info.value)
+        assert await pool.run(workers.current_pid) == pid
+
+
+async def test_result_that_cannot_be_unpickled_raises_serialization_error() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        with pytest.raises(anypool.SerializationError) as info:
+            await pool.run(workers.return_unloadable_result)
+        assert "return_unloadable_result" in str(info.value)
+        assert await pool.run(workers.current_pid) == pid
+
+
+# --- initializer ----------------------------------------------------------------------------
+
+
+async def test_failing_initializer_raises_initializer_error_with_the_cause_chain() -> None:
+    async with anypool.Pool(1, initializer=workers.failing_initializer) as pool:
+        with pytest.raises(anypool.InitializerError) as info:
+            await pool.run(workers.square, 2)
+    assert isinstance(info.value, RuntimeError)
+    cause = info.value.__cause__
+    assert type(cause) is ValueError
+    assert cause.args == ("the initializer cannot start",)
+    remote = cause.__cause__
+    assert isinstance(remote, anypool.RemoteTraceback)
+    assert "failing_initializer" in str(remote)
+    assert WORKERS_FILE in str(remote)
+
+
+async def test_failing_initializer_does_not_respawn_workers_in_a_loop() -> None:
+    async with anypool.Pool(2, initializer=workers.failing_initializer) as pool:
+        with pytest.raises(anypool.InitializerError):
+            await pool.run(workers.square, 2)
+        assert pool.stats().workers_alive == 0
+        assert await stays_true(lambda: pool_processes() == set(), duration=0.3)
+        # A new call tries again, in a new worker.
+        with pytest.raises(anypool.InitializerError):
+            await pool.run(workers.square, 2)
+        assert pool.stats().calls_failed == 2
+        assert await stays_true(lambda: pool_processes() == set(), duration=0.3)
+
+
+# --- closed pool ----------------------------------------------------------------------------
+
+
+async def test_run_on_a_closed_pool_raises_pool_closed_error() -> None:
+    async with anypool.Pool(1) as pool:
+        pass
+    with pytest.raises(anypool.PoolClosedError, match="closed") as info:
+        await pool.run(workers.square, 2)
+    assert isinstance(info.value, RuntimeError)
+
+
+async def test_errors_do_not_leave_worker_processes_behind() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(anypool.BrokenWorkerError):
+            await pool.run(workers.exit_immediately, 3)
+        with pytest.raises(ValueError, match="bad"):
+            await pool.run(workers.raise_value_error, "bad")
+        pid = await pool.run(workers.current_pid)
+        assert pool_processes() == {pid}
+    assert not psutil.pid_exists(pid)
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+async def test_broken_worker_error_reports_the_exit_code_under_every_start_method(
+    start_method: str,
+) -> None:
+    async with anypool.Pool(1, start_method=start_method) as pool:
+        pid = await pool.run(workers.current_pid)
+        with pytest.raises(anypool.BrokenWorkerError) as info:
+            await pool.run(workers.exit_immediately, 7)
+        assert (info.value.pid, info.value.exitcode) == (pid, 7)
+        assert gone(pid)
+        assert await pool.run(workers.square, 5) == 25

@@ -1,0 +1,265 @@
+"""close, join, terminate and async with: which calls finish, which fail, and that no worker
+process outlives the pool."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import anyio
+import anyio.abc
+import pytest
+
+import anypool
+import workers
+from support import dead, gone, pool_processes, read_pid, run_script, wait_until, write_script
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_run_after_close_raises_pool_closed_error() -> None:
+    pool = anypool.Pool(1)
+    assert await pool.run(workers.square, 2) == 4
+    pool.close()
+    with pytest.raises(anypool.PoolClosedError):
+        await pool.run(workers.square, 2)
+    await pool.join()
+
+
+async def test_join_waits_for_running_and_queued_calls_then_stops_the_workers(tmp_path) -> None:
+    release = tmp_path / "release"
+    events: list[object] = []
+
+    async def call(index: int) -> None:
+        pid_file = tmp_path / f"{index}.pid"
+        events.append(await pool.run(workers.write_pid_and_wait_for, pid_file, release))
+
+    async def join() -> None:
+        await pool.join()
+        events.append("joined")
+
+    pool = anypool.Pool(1)
+    async with anyio.create_task_group() as group:
+        group.start_soon(call, 1)
+        pid = await read_pid(tmp_path / "1.pid")
+        group.start_soon(call, 2)  # queued behind the first: the only worker is busy
+        await anyio.wait_all_tasks_blocked()
+        pool.close()
+        group.start_soon(join)
+        await anyio.wait_all_tasks_blocked()
+        assert events == []
+        release.touch()
+    assert events == [pid, pid, "joined"]
+    assert pool_processes() == set()
+    assert gone(pid)
+
+
+async def test_join_before_close_raises() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(RuntimeError):
+            await pool.join()
+
+
+async def test_terminate_kills_busy_workers_and_their_calls_raise_pool_closed_error(
+    tmp_path,
+) -> None:
+    outcomes: list[BaseException] = []
+
+    async def call(index: int) -> None:
+        try:
+            await pool.run(workers.write_pid_and_sleep, tmp_path / f"{index}.pid", 60)
+        except anypool.PoolClosedError as error:
+            outcomes.append(error)
+
+    pool = anypool.Pool(2, kill_grace=0.5)
+    async with anyio.create_task_group() as group:
+        group.start_soon(call, 1)
+        group.start_soon(call, 2)
+        pids = [await read_pid(tmp_path / "1.pid"), await read_pid(tmp_path / "2.pid")]
+        started = time.monotonic()
+        await pool.terminate()
+        assert time.monotonic() - started < pool.kill_grace + 2.0
+        assert all(gone(pid) for pid in pids)
+        assert pool_processes() == set()
+    assert len(outcomes) == 2
+    assert all(isinstance(error, anypool.PoolClosedError) for error in outcomes)
+
+
+async def test_terminate_fails_calls_waiting_for_a_worker(tmp_path) -> None:
+    outcomes: list[str] = []
+
+    async def call(index: int) -> None:
+        try:
+            await pool.run(workers.write_pid_and_sleep, tmp_path / f"{index}.pid", 60)
+        except anypool.PoolClosedError:
+            outcomes.append(f"call {index} closed")
+
+    pool = anypool.Pool(1)
+    async with anyio.create_task_group() as group:
+        group.start_soon(call, 1)
+        await read_pid(tmp_path / "1.pid")
+        group.start_soon(call, 2)
+        await anyio.wait_all_tasks_blocked()
+        await pool.terminate()
+    assert sorted(outcomes) == ["call 1 closed", "call 2 closed"]
+    assert not (tmp_path / "2.pid").exists()
+
+
+async def test_terminate_stops_idle_workers() -> None:
+    pool = anypool.Pool(1)
+    pid = await pool.run(workers.current_pid)
+    await pool.terminate()
+    assert gone(pid)
+    with pytest.raises(anypool.PoolClosedError):
+        await pool.run(workers.current_pid)
+
+
+async def test_leaving_async_with_normally_waits_for_calls_started_in_a_task_group(
+    tmp_path,
+) -> None:
+    # A service's task group outlives its pool block: requests still being handled when the
+    # block ends are finished, not dropped.
+    results: list[str] = []
+
+    async def handle_request() -> None:
+        results.append(
+            await pool.run(
+                workers.write_pid_wait_for_and_linger, tmp_path / "pid", tmp_path / "pid", 0.3
+            )
+        )
+
+    async with anyio.create_task_group() as group:
+        async with anypool.Pool(1) as pool:
+            group.start_soon(handle_request)
+            pid = await read_pid(tmp_path / "pid")
+        assert results == ["finished"]
+        assert gone(pid)
+        assert pool_processes() == set()
+
+
+async def test_leaving_async_with_by_an_exception_terminates_the_pool(tmp_path) -> None:
+    outcomes: list[BaseException] = []
+
+    async def handle_request(pool: anypool.Pool) -> None:
+        try:
+            await pool.run(workers.write_pid_and_sleep, tmp_path / "pid", 60)
+        except anypool.PoolClosedError as error:
+            outcomes.append(error)
+
+    async def serve_until_it_fails(group: anyio.abc.TaskGroup) -> None:
+        async with anypool.Pool(1, kill_grace=0.5) as pool:
+            group.start_soon(handle_request, pool)
+            await read_pid(tmp_path / "pid")
+            raise RuntimeError("boom")
+
+    async with anyio.create_task_group() as group:
+        with pytest.raises(RuntimeError, match="boom"):
+            await serve_until_it_fails(group)
+        assert gone(int((tmp_path / "pid").read_text()))
+        assert pool_processes() == set()
+    assert len(outcomes) == 1
+
+
+async def test_leaving_async_with_by_cancellation_terminates_the_pool(tmp_path) -> None:
+    outcomes: list[BaseException] = []
+
+    async def handle_request() -> None:
+        try:
+            await pool.run(workers.write_pid_and_sleep, tmp_path / "pid", 60)
+        except anypool.PoolClosedError as error:
+            outcomes.append(error)
+
+    async with anyio.create_task_group() as group:
+        with anyio.CancelScope() as scope:
+            async with anypool.Pool(1, kill_grace=0.5) as pool:
+                # The request runs in the outer group: only the pool block is cancelled.
+                group.start_soon(handle_request)
+                pid = await read_pid(tmp_path / "pid")
+                scope.cancel()
+                await anyio.sleep_forever()
+        assert scope.cancelled_caught
+        assert gone(pid)
+        assert pool_processes() == set()
+    assert len(outcomes) == 1
+
+
+async def test_stats_after_the_pool_is_closed_show_no_workers_and_the_totals() -> None:
+    async with anypool.Pool(2) as pool:
+        for value in range(3):
+            await pool.run(workers.square, value)
+    assert pool.stats() == anypool.PoolStats(
+        workers_alive=0,
+        workers_idle=0,
+        workers_busy=0,
+        calls_running=0,
+        calls_completed=3,
+        calls_failed=0,
+        calls_cancelled=0,
+        workers_replaced=0,
+    )
+
+
+async def test_stats_after_terminate_show_no_workers(tmp_path) -> None:
+    outcomes: list[BaseException] = []
+
+    async def call() -> None:
+        try:
+            await pool.run(workers.write_pid_and_sleep, tmp_path / "pid", 60)
+        except anypool.PoolClosedError as error:
+            outcomes.append(error)
+
+    pool = anypool.Pool(1)
+    async with anyio.create_task_group() as group:
+        group.start_soon(call)
+        await read_pid(tmp_path / "pid")
+        await pool.terminate()
+    stats = pool.stats()
+    assert (stats.workers_alive, stats.workers_idle, stats.workers_busy) == (0, 0, 0)
+    assert stats.calls_running == 0
+    assert len(outcomes) == 1
+
+
+PARENT_DIES_SCRIPT = """
+    import asyncio
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    import anypool
+
+
+    def busy(marker):
+        marker.touch()
+        time.sleep(60)
+
+
+    async def main(start_method, state, marker):
+        pool = anypool.Pool(1, start_method=start_method)
+        print(await pool.run(os.getpid), flush=True)
+        if state == "busy":
+            asyncio.ensure_future(pool.run(busy, marker))
+            while not marker.exists():
+                await asyncio.sleep(0.01)
+        # Die at once: no cleanup, no atexit handlers, no closing of the pool.
+        os._exit(0)
+
+
+    if __name__ == "__main__":
+        asyncio.run(main(sys.argv[1], sys.argv[2], Path(sys.argv[3])))
+"""
+
+
+@pytest.mark.parametrize("state", ["idle", "busy"])
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+def test_workers_die_when_the_parent_process_dies(start_method: str, state: str, tmp_path) -> None:
+    script = write_script(tmp_path, PARENT_DIES_SCRIPT)
+    output = run_script(script, start_method, state, str(tmp_path / "busy"))
+    pid = int(output.stdout)
+    try:
+        # The orphan is reaped by whoever adopts it, not by us: a zombie counts as dead.
+        assert wait_until(lambda: dead(pid), timeout=5.0)
+    finally:
+        if not dead(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,270 @@
+"""pool.run: what it returns, where calls run, and how workers are started, reused and retired."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+import pytest
+import sniffio
+
+import anypool
+import workers
+from support import (
+    descendants,
+    gone,
+    pool_processes,
+    read_pid,
+    run_script,
+    wait_until_async,
+    write_script,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_run_returns_the_result_of_the_function() -> None:
+    async with anypool.Pool(1) as pool:
+        assert await pool.run(workers.square, 12) == 144
+
+
+async def test_run_passes_positional_and_keyword_arguments() -> None:
+    async with anypool.Pool(1) as pool:
+        assert await pool.run(workers.combine, 2, 3, scale=10, offset=1) == 51
+
+
+async def test_run_calls_the_function_in_another_process() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(os.getpid)
+    assert pid != os.getpid()
+
+
+async def test_run_accepts_a_lambda() -> None:
+    async with anypool.Pool(1) as pool:
+        assert await pool.run(lambda x, y: x * y + 1, 6, 7) == 43
+
+
+async def test_run_accepts_a_closure() -> None:
+    greeting = "hello"
+
+    def greet(name: str) -> str:
+        return f"{greeting}, {name}"
+
+    async with anypool.Pool(1) as pool:
+        assert await pool.run(greet, "worker") == "hello, worker"
+
+
+async def test_async_function_runs_on_the_callers_kind_of_event_loop() -> None:
+    # asyncio and uvloop callers get asyncio in the worker; trio callers get trio.
+    expected = "trio" if sniffio.current_async_library() == "trio" else "asyncio"
+    async with anypool.Pool(1) as pool:
+        assert await pool.run(workers.running_event_loop) == expected
+
+
+async def test_async_lambda_result_is_returned() -> None:
+    async def double(x: int) -> int:
+        return 2 * x
+
+    async with anypool.Pool(1) as pool:
+        assert await pool.run(double, 21) == 42
+
+
+async def test_no_worker_starts_before_the_first_call() -> None:
+    async with anypool.Pool(2) as pool:
+        assert pool.stats().workers_alive == 0
+        assert descendants() == {}
+        await pool.run(workers.current_pid)
+        assert pool.stats().workers_alive == 1
+
+
+async def test_sequential_calls_reuse_the_same_worker() -> None:
+    async with anypool.Pool(2) as pool:
+        pids = [await pool.run(workers.current_pid) for _ in range(5)]
+    assert len(set(pids)) == 1
+
+
+async def test_most_recently_used_idle_worker_serves_the_next_call(tmp_path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    async with anypool.Pool(2) as pool:
+        async with anyio.create_task_group() as group:
+            # Two workers, both idle afterwards.
+            group.start_soon(pool.run, workers.meet, first, second)
+            group.start_soon(pool.run, workers.meet, second, first)
+        assert pool.stats().workers_idle == 2
+        pids = [await pool.run(workers.current_pid) for _ in range(4)]
+    # Each call leaves its worker the most recently used: the other one stays idle.
+    assert len(set(pids)) == 1
+
+
+async def test_concurrent_calls_run_in_parallel_on_distinct_workers(tmp_path) -> None:
+    # Each call waits for the other's marker: both return only if they run at the same time.
+    first, second = tmp_path / "first", tmp_path / "second"
+    pids: list[int] = []
+
+    async def meet(own: object, other: object) -> None:
+        pids.append(await pool.run(workers.meet, own, other))
+
+    async with anypool.Pool(2) as pool, anyio.create_task_group() as group:
+        group.start_soon(meet, first, second)
+        group.start_soon(meet, second, first)
+    assert len(set(pids)) == 2
+
+
+async def test_calls_beyond_max_workers_wait_for_a_free_worker(tmp_path) -> None:
+    release = tmp_path / "release"
+    results: list[int] = []
+
+    async def hold(index: int) -> None:
+        results.append(
+            await pool.run(workers.write_pid_and_wait_for, tmp_path / f"{index}.pid", release)
+        )
+
+    async with anypool.Pool(2) as pool, anyio.create_task_group() as group:
+        for index in range(3):
+            group.start_soon(hold, index)
+        assert await wait_until_async(lambda: pool.stats().workers_busy == 2)
+        assert pool.stats().workers_alive == 2
+        assert len(pool_processes()) == 2
+        release.touch()
+    assert len(results) == 3
+    assert len(set(results)) == 2
+
+
+async def test_max_tasks_per_worker_replaces_the_worker_after_that_many_calls() -> None:
+    async with anypool.Pool(1, max_tasks_per_worker=2) as pool:
+        pids = [await pool.run(workers.current_pid) for _ in range(5)]
+        assert pool.stats().workers_replaced == 2
+    assert pids[0] == pids[1]
+    assert pids[2] == pids[3]
+    assert pids[4] not in pids[:4]
+    assert pids[2] != pids[0]
+
+
+async def test_idle_timeout_retires_an_idle_worker_and_the_next_call_is_served() -> None:
+    async with anypool.Pool(1, idle_timeout=0.3) as pool:
+        first = await pool.run(workers.current_pid)
+        assert await wait_until_async(lambda: pool.stats().workers_alive == 0)
+        assert await wait_until_async(lambda: gone(first))
+        second = await pool.run(workers.current_pid)
+    assert second != first
+
+
+async def test_idle_timeout_does_not_retire_a_busy_worker() -> None:
+    async with anypool.Pool(1, idle_timeout=0.2) as pool:
+        pid, value = await pool.run(lambda: (os.getpid(), workers.sleep_then_return(0.6, "done")))
+        assert value == "done"
+        assert not gone(pid)
+
+
+async def test_initializer_runs_once_in_each_worker_before_its_first_call(tmp_path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    async with anypool.Pool(2, initializer=workers.initialize, initargs=("ready",)) as pool:
+        states = [await pool.run(workers.initialization_state) for _ in range(3)]
+        async with anyio.create_task_group() as group:
+            # Two calls at once: the second worker is initialized too.
+            group.start_soon(pool.run, workers.meet, first, second)
+            group.start_soon(pool.run, workers.meet, second, first)
+        states += [await pool.run(workers.initialization_state) for _ in range(2)]
+    assert states[0] == ("ready", 1, states[0][2])
+    assert set(states[:3]) == {states[0]}
+    # Whichever worker serves now, it was initialized exactly once.
+    assert all(value == "ready" and count == 1 for value, count, _ in states)
+
+
+async def test_initializer_runs_in_a_new_worker_after_recycling() -> None:
+    async with anypool.Pool(
+        1, initializer=workers.initialize, initargs=(7,), max_tasks_per_worker=1
+    ) as pool:
+        states = [await pool.run(workers.initialization_state) for _ in range(2)]
+    assert [(value, count) for value, count, _ in states] == [(7, 1), (7, 1)]
+    assert states[0][2] != states[1][2]
+
+
+async def test_stats_count_running_completed_failed_and_cancelled_calls(tmp_path) -> None:
+    release = tmp_path / "release"
+    async with anypool.Pool(1) as pool:
+        assert pool.stats() == anypool.PoolStats(0, 0, 0, 0, 0, 0, 0, 0)
+        async with anyio.create_task_group() as group:
+            group.start_soon(pool.run, workers.write_pid_and_wait_for, tmp_path / "pid", release)
+            await read_pid(tmp_path / "pid")
+            running = pool.stats()
+            release.touch()
+        assert (running.workers_alive, running.workers_busy, running.workers_idle) == (1, 1, 0)
+        assert running.calls_running == 1
+
+        idle = pool.stats()
+        assert (idle.workers_alive, idle.workers_busy, idle.workers_idle) == (1, 0, 1)
+        assert (idle.calls_running, idle.calls_completed) == (0, 1)
+
+        with pytest.raises(ValueError, match="counted"):
+            await pool.run(workers.raise_value_error, "counted")
+        assert pool.stats().calls_failed == 1
+
+        with anyio.move_on_after(60) as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pool.run, workers.write_pid_and_sleep, tmp_path / "victim", 60)
+                await read_pid(tmp_path / "victim")
+                scope.cancel()
+        after = pool.stats()
+    assert after == anypool.PoolStats(
+        workers_alive=0,
+        workers_idle=0,
+        workers_busy=0,
+        calls_running=0,
+        calls_completed=1,
+        calls_failed=1,
+        calls_cancelled=1,
+        workers_replaced=1,
+    )
+
+
+async def test_stats_is_a_frozen_dataclass() -> None:
+    async with anypool.Pool(1) as pool:
+        stats = pool.stats()
+    with pytest.raises(AttributeError):
+        stats.workers_alive = 5  # type: ignore[misc]
+
+
+# --- start methods ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+async def test_every_start_method_runs_functions_and_lambdas(start_method: str) -> None:
+    async with anypool.Pool(1, start_method=start_method) as pool:
+        assert pool.start_method == start_method
+        assert await pool.run(workers.square, 9) == 81
+        assert await pool.run(lambda: "from a lambda") == "from a lambda"
+
+
+MAIN_SCRIPT = """
+    import asyncio
+    import sys
+
+    import anypool
+
+
+    def square(x):
+        return x * x
+
+
+    async def main(start_method):
+        offset = 10
+        async with anypool.Pool(2, start_method=start_method) as pool:
+            print(await pool.run(square, 7))
+            print(await pool.run(lambda x: x + 1, 41))
+            print(await pool.run(lambda: offset + 1))
+
+
+    if __name__ == "__main__":
+        asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+def test_functions_defined_in_a_scripts_main_run_under_every_start_method(
+    start_method: str, tmp_path
+) -> None:
+    script = write_script(tmp_path, MAIN_SCRIPT)
+    output = run_script(script, start_method)
+    assert output.stdout.split() == ["49", "42", "11"]
+    assert output.stderr == ""
