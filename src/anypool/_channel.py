@@ -1,11 +1,12 @@
 """Framed messages over the parent's end of a worker's pipe, awaited from any event loop.
 
-The descriptor is non-blocking and waited on with ``anyio.wait_readable`` / ``wait_writable``:
-no thread and no polling, so a message is seen the moment the worker writes it.
+The descriptor is non-blocking and waited on by the event loop itself: no thread and no polling,
+so a message is seen the moment the worker writes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 
@@ -27,7 +28,7 @@ class MessageChannel:
     to exactly one call at a time.
     """
 
-    __slots__ = ("_fd", "_poller", "_reader")
+    __slots__ = ("_fd", "_poller", "_reader", "_waiter", "_watched_by")
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -35,6 +36,9 @@ class MessageChannel:
         self._reader = FrameReader()
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
+        # asyncio only: the loop our descriptor is registered with, and the future to wake.
+        self._watched_by: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def fileno(self) -> int:
@@ -44,6 +48,7 @@ class MessageChannel:
     def close(self) -> None:
         """Close this end; the worker sees end-of-file. Idempotent."""
         if self._fd >= 0:
+            self._unwatch()
             fd, self._fd = self._fd, -1
             os.close(fd)
 
@@ -79,9 +84,44 @@ class MessageChannel:
         while (frame := reader.next_frame()) is None:
             # Wait before reading: a frame we still lack has rarely arrived already, and an
             # empty read costs a syscall and an exception.
-            await anyio.wait_readable(self._fd)
+            loop = asyncio._get_running_loop()
+            if loop is None:
+                await anyio.wait_readable(self._fd)
+            else:
+                await self._wait_readable_on(loop)
             self._read()
         return frame
+
+    async def _wait_readable_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        # anyio.wait_readable registers the descriptor with the loop and removes it again on every
+        # wait: two epoll_ctl calls and several objects per message. Instead the descriptor stays
+        # registered while messages flow, and the reader callback just wakes the waiting task.
+        if self._watched_by is not loop:
+            self._unwatch()
+            loop.add_reader(self._fd, self._on_readable)
+            self._watched_by = loop
+        self._waiter = waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _on_readable(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._poller.poll(0):
+            # Readable with nobody waiting: an idle worker retired or died. The loop would call
+            # us again on every iteration until someone reads, so stop watching until then.
+            # (Without poll() we would also stop on the stale callback that the loop queues
+            # when the woken task has not yet read the frame that woke it.)
+            self._unwatch()
+
+    def _unwatch(self) -> None:
+        loop, self._watched_by = self._watched_by, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._fd)
 
     def receive_nowait(self) -> tuple[int, bytes | bytearray] | None:
         """A frame that has already arrived in full, else ``None``.
