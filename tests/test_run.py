@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
 import os
 
 import anyio
@@ -10,6 +12,9 @@ import sniffio
 
 import anypool
 import workers
+from anypool import _protocol as protocol
+from anypool._channel import MessageChannel
+from anypool._worker import WorkerHandle
 from support import (
     descendants,
     gone,
@@ -268,3 +273,32 @@ def test_functions_defined_in_a_scripts_main_run_under_every_start_method(
     output = run_script(script, start_method)
     assert output.stdout.split() == ["49", "42", "11"]
     assert output.stderr == ""
+
+
+def _retire_on_first_message(connection: multiprocessing.connection.Connection) -> None:
+    # Plays a worker whose idle timeout expired just as a call was on its way: it announces
+    # its retirement instead of answering, then exits, leaving the call unread.
+    fd = connection.fileno()
+    os.read(fd, 1)
+    os.write(fd, protocol.HEADER.pack(protocol.RETIRING, 0))
+
+
+async def test_call_that_reaches_a_worker_as_it_retires_runs_on_a_new_worker() -> None:
+    # The race cannot be provoked from outside, so a stand-in worker takes the idle slot.
+    async with anypool.Pool(1, start_method="fork") as pool:
+        parent_end, child_end = multiprocessing.Pipe()
+        process = multiprocessing.get_context("fork").Process(
+            target=_retire_on_first_message, args=(child_end,)
+        )
+        process.start()
+        child_end.close()
+        retiring = WorkerHandle(process, MessageChannel(os.dup(parent_end.fileno())))
+        parent_end.close()
+        pool._core.idle.append(retiring)
+
+        pid = await pool.run(workers.current_pid)
+
+        assert pid not in (retiring.pid, os.getpid())
+        stats = pool.stats()
+        assert (stats.calls_completed, stats.calls_failed, stats.workers_alive) == (1, 0, 1)
+    assert retiring.exitcode == 0

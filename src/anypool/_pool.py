@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -215,8 +216,7 @@ class _PoolCore:
         self.starting -= 1
         self.busy.add(worker)
         if self.terminated:
-            await worker.stop(self.kill_grace, terminate=True)
-            self.busy.discard(worker)
+            await self.stop_busy(worker, terminate=True, replaced=False)
             raise PoolClosedError("the pool was terminated while a worker was starting")
         return worker
 
@@ -229,16 +229,21 @@ class _PoolCore:
             self.workers_replaced += 1
             self.let_go(worker)
         else:
-            worker.mark_idle()
             self.idle.append(worker)
         self.dispatch()
 
-    def discard(self, worker: WorkerHandle, *, replaced: bool = True) -> None:
-        """Forget a busy worker that is gone (reaped by its call)."""
-        self.busy.discard(worker)
-        if replaced and not self.terminated:
-            self.workers_replaced += 1
-        self.dispatch()
+    async def stop_busy(
+        self, worker: WorkerHandle, *, terminate: bool, replaced: bool = True
+    ) -> int | None:
+        """Stop and reap a busy worker (see :meth:`WorkerHandle.stop`), then forget it and pass
+        its place on. Returns its exit code."""
+        try:
+            return await worker.stop(self.kill_grace, terminate=terminate)
+        finally:
+            self.busy.discard(worker)
+            if replaced and not self.terminated:
+                self.workers_replaced += 1
+            self.dispatch()
 
     def let_go(self, worker: WorkerHandle) -> None:
         """Close a worker's pipe so that it exits; it is reaped later."""
@@ -285,10 +290,7 @@ class _PoolCore:
         except ChannelClosed:
             self.calls_running -= 1
             # The pipe closed under a call, so the worker is exiting: wait for its exit status.
-            try:
-                exitcode = await worker.stop(self.kill_grace, terminate=False)
-            finally:
-                self.discard(worker)
+            exitcode = await self.stop_busy(worker, terminate=False)
             if self.terminated:
                 raise PoolClosedError(
                     f"the pool was terminated during the call to {describe(fn)}"
@@ -303,10 +305,7 @@ class _PoolCore:
                 self.drain_in_background(worker)
             else:
                 # A frame cut short by the cancellation leaves the pipe unusable: kill anyway.
-                try:
-                    await worker.stop(self.kill_grace, terminate=True)
-                finally:
-                    self.discard(worker)
+                await self.stop_busy(worker, terminate=True)
             raise
         self.calls_running -= 1
         if kind == protocol.RETIRING:
@@ -314,10 +313,7 @@ class _PoolCore:
             self.let_go(worker)
             raise _Retry
         if kind == protocol.INIT_FAILED:
-            try:
-                await worker.stop(self.kill_grace, terminate=False)
-            finally:
-                self.discard(worker, replaced=False)
+            await self.stop_busy(worker, terminate=False, replaced=False)
             self.calls_failed += 1
             raise InitializerError(
                 f"the pool's initializer raised in worker process {worker.pid}"
@@ -343,16 +339,13 @@ class _PoolCore:
             try:
                 kind, _ = await worker.channel.receive()
             except ChannelClosed:
-                await worker.stop(self.kill_grace, terminate=False)
-                self.discard(worker)
+                await self.stop_busy(worker, terminate=False)
             except BaseException:
                 # The event loop is ending: nobody will wait for this worker any more.
-                await worker.stop(self.kill_grace, terminate=True)
-                self.discard(worker)
+                await self.stop_busy(worker, terminate=True)
             else:
                 if kind == protocol.INIT_FAILED:
-                    await worker.stop(self.kill_grace, terminate=False)
-                    self.discard(worker, replaced=False)
+                    await self.stop_busy(worker, terminate=False, replaced=False)
                 else:
                     worker.calls += 1
                     self.release(worker)
@@ -377,16 +370,16 @@ class _PoolCore:
                 self.all_done = anyio.Event()
             await self.all_done.wait()
 
-    async def stop_idle_workers(self) -> None:
+    async def stop_idle_workers(self, *, terminate: bool) -> None:
+        """Stop and reap, all at once, the workers no call owns: idle and leaving ones."""
         workers = [*self.idle, *self.leaving]
         self.idle.clear()
         self.leaving.clear()
         async with anyio.create_task_group() as group:
             for worker in workers:
-                group.start_soon(self.stop_worker, worker, False)
-
-    async def stop_worker(self, worker: WorkerHandle, terminate: bool) -> None:
-        await worker.stop(self.kill_grace, terminate=terminate)
+                group.start_soon(
+                    functools.partial(worker.stop, self.kill_grace, terminate=terminate)
+                )
 
     async def terminate(self) -> None:
         self.closed = self.terminated = True
@@ -396,12 +389,8 @@ class _PoolCore:
         # Busy workers belong to their calls, which reap them once the pipe closes.
         for worker in self.busy:
             worker.signal(signal.SIGTERM)
-        idle = [*self.idle, *self.leaving]
-        self.idle.clear()
-        self.leaving.clear()
         async with anyio.create_task_group() as group:
-            for worker in idle:
-                group.start_soon(self.stop_worker, worker, True)
+            group.start_soon(functools.partial(self.stop_idle_workers, terminate=True))
             with anyio.move_on_after(self.kill_grace):
                 await self.wait_all_done()
             for worker in self.busy:
@@ -583,7 +572,7 @@ class Pool:
         if not core.closed:
             raise RuntimeError("close() or terminate() the pool before join()")
         await core.wait_all_done()
-        await core.stop_idle_workers()
+        await core.stop_idle_workers(terminate=False)
 
     async def terminate(self) -> None:
         """Stop every worker now. Running and waiting calls raise :class:`PoolClosedError`.

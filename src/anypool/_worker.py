@@ -7,7 +7,6 @@ import math
 import multiprocessing
 import os
 import signal
-import time
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
@@ -41,14 +40,13 @@ class WorkerHandle:
     and only the owner waits on its pipe or its exit: anyio allows one waiter per descriptor.
     """
 
-    __slots__ = ("_process", "calls", "channel", "exitcode", "idle_since", "pid")
+    __slots__ = ("_process", "calls", "channel", "exitcode", "pid")
 
     def __init__(self, process: BaseProcess, channel: MessageChannel) -> None:
         self._process = process
         self.channel = channel
         self.pid: int = process.pid  # type: ignore[assignment]  # set once started
         self.calls = 0
-        self.idle_since = 0.0
         self.exitcode: int | None = None
         """The exit status once the process has been reaped, else ``None``."""
 
@@ -139,9 +137,6 @@ class WorkerHandle:
         if self._process.exitcode is None:
             self.signal(signal.SIGKILL)
         self._reap()
-
-    def mark_idle(self) -> None:
-        self.idle_since = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<WorkerHandle pid={self.pid} calls={self.calls}>"
