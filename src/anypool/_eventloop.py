@@ -8,22 +8,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Literal
 
-__all__ = ["at_loop_end", "current_library", "spawn_detached"]
+__all__ = ["at_loop_end", "checkpoint", "current_library", "spawn_detached"]
 
 _detached_asyncio_tasks: set[object] = set()
 
 
 def current_library() -> Literal["asyncio", "trio"]:
-    """The event loop library running the current task."""
-    # trio depends on sniffio and sets it; without sniffio loaded, trio cannot be running.
-    sniffio = sys.modules.get("sniffio")
-    if sniffio is not None and sniffio.current_async_library() == "trio":
-        return "trio"
-    return "asyncio"
+    """The event loop library running the current task (anyio runs on these two only)."""
+    return "asyncio" if asyncio._get_running_loop() is not None else "trio"
+
+
+async def checkpoint() -> None:
+    """What ``anyio.lowlevel.checkpoint()`` does, without looking the backend up on each call
+    (it is on the path of every ``run``)."""
+    if asyncio._get_running_loop() is not None:
+        await asyncio.sleep(0)
+    else:
+        await sys.modules["trio"].lowlevel.checkpoint()
 
 
 def spawn_detached(fn: Callable[[], Awaitable[None]]) -> None:
@@ -36,8 +42,6 @@ def spawn_detached(fn: Callable[[], Awaitable[None]]) -> None:
 
         trio.lowlevel.spawn_system_task(fn)
     else:
-        import asyncio
-
         task = asyncio.get_running_loop().create_task(_as_coroutine(fn))
         # The loop keeps only weak references to tasks.
         _detached_asyncio_tasks.add(task)

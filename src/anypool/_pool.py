@@ -18,14 +18,13 @@ from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 
 from . import _protocol as protocol
 from ._channel import ChannelClosed
 from ._cpu import cpu_count
 from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
-from ._eventloop import current_library, spawn_detached
+from ._eventloop import checkpoint, current_library, spawn_detached
 from ._serialize import describe, dumps, dumps_call_arguments, load_error, load_result
 from ._worker import WorkerHandle
 
@@ -552,7 +551,7 @@ class Pool:
             InitializerError: the pool's initializer raised in the new worker.
             PoolClosedError: the pool is closed, or was terminated during the call.
         """
-        await anyio.lowlevel.checkpoint()
+        await checkpoint()
         core = self._core
         core.check_open()
         payload = dumps_call_arguments((fn, args, kwargs, current_library()), fn, args, kwargs)
