@@ -7,6 +7,7 @@ __all__ = [
     "BrokenWorkerError",
     "CallOptions",
     "InitializerError",
+    "MapResults",
     "Pool",
     "PoolClosedError",
     "PoolStats",
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
         RemoteTraceback,
         SerializationError,
     )
+    from ._map import MapResults
     from ._pool import START_METHODS, CallOptions, Pool, PoolStats
 else:
     # Workers import anypool._child, which must not pull anyio in: the public names are loaded
@@ -43,6 +45,7 @@ else:
         "RemoteError": "._errors",
         "RemoteTraceback": "._errors",
         "SerializationError": "._errors",
+        "MapResults": "._map",
         "START_METHODS": "._pool",
         "CallOptions": "._pool",
         "Pool": "._pool",

@@ -12,10 +12,10 @@ import signal
 import sys
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from multiprocessing.context import BaseContext
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, overload
+from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 
 import anyio
 import anyio.to_thread
@@ -25,6 +25,7 @@ from ._channel import ChannelClosed
 from ._cpu import cpu_count
 from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
 from ._eventloop import checkpoint, current_library, spawn_detached
+from ._map import MapResults
 from ._serialize import describe, dumps, dumps_call_arguments, load_error, load_result
 from ._worker import WorkerHandle
 
@@ -556,6 +557,50 @@ class Pool:
         core.check_open()
         payload = dumps_call_arguments((fn, args, kwargs, current_library()), fn, args, kwargs)
         return await core.submit(fn, payload, self._options)
+
+    def map(
+        self,
+        fn: Callable[[Any], T],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        ordered: bool = True,
+        chunksize: int | Literal["auto"] = 1,
+        max_in_flight: int | None = None,
+        return_exceptions: bool = False,
+        progress: bool | Callable[[int, int | None], object] | None = None,
+    ) -> MapResults[T]:
+        """Call ``fn(item)`` for each item of ``iterable`` on the workers; iterate the results.
+
+        Use ``async for result in pool.map(...)``, or ``async with pool.map(...) as results``
+        to be sure the calls still running are cancelled when the block is left early.
+
+        Args:
+            fn: as for :meth:`run`; called with one item.
+            iterable: a sync or async iterable, consumed lazily, possibly endless.
+            ordered: results in input order (``True``) or as chunks finish (``False``).
+            chunksize: items sent to a worker per call, or ``"auto"`` to size chunks from the
+                measured time per item, so that tiny functions run at full speed.
+            max_in_flight: at most this many items are taken from ``iterable`` ahead of the
+                results handed out. Default: two chunks per worker.
+            return_exceptions: yield the exception an item raised instead of raising it.
+            progress: ``True`` for a tqdm progress bar (``anypool[progress]``), or a callable
+                called as ``progress(done, total)``; ``total`` is ``None`` without ``len()``.
+
+        An exception raised for an item (the item's own, or a :class:`BrokenWorkerError` for the
+        items of a worker that died) is raised from the iteration, in order, and the calls still
+        running are cancelled; so is an exception raised by ``iterable`` itself.
+        """
+        return MapResults(
+            self._core,
+            self._options,
+            fn,
+            iterable,
+            ordered=ordered,
+            chunksize=chunksize,
+            max_in_flight=max_in_flight,
+            return_exceptions=return_exceptions,
+            progress=progress,
+        )
 
     def close(self) -> None:
         """Accept no more calls. Calls already accepted go on; see :meth:`join`."""

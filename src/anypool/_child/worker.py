@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import struct
+import time
 import traceback
 import types
 from multiprocessing.connection import Connection
@@ -96,9 +97,7 @@ def _serve(pipe: _Pipe, config: protocol.WorkerConfig) -> None:
 def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
     try:
         fn, args, kwargs, event_loop = loads(payload)
-        result = fn(*args, **kwargs)
-        if isinstance(result, types.CoroutineType):
-            result = _run_coroutine(result, event_loop)
+        result = _call(fn, args, kwargs, event_loop)
     except BaseException as error:
         return protocol.ERROR, _report(error)
     try:
@@ -107,6 +106,30 @@ def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
         failure = SerializationError(f"could not pickle the result of {describe(fn)}: {error}")
         failure.__cause__ = error
         return protocol.ERROR, _report(failure)
+
+
+def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event_loop: str) -> Any:
+    result = fn(*args, **kwargs)
+    if isinstance(result, types.CoroutineType):
+        result = _run_coroutine(result, event_loop)
+    return result
+
+
+def apply_to_chunk(
+    fn: Any, items: list[Any], event_loop: str, stop_at_error: bool
+) -> tuple[list[tuple[bool, Any]], float]:
+    """Call ``fn(item)`` for each item: the outcomes, as ``(True, result)`` or
+    ``(False, pickled ErrorReport)``, and the seconds it took (for sizing the next chunk)."""
+    started = time.perf_counter()
+    outcomes: list[tuple[bool, Any]] = []
+    for item in items:
+        try:
+            outcomes.append((True, _call(fn, (item,), {}, event_loop)))
+        except BaseException as error:
+            outcomes.append((False, _report(error)))
+            if stop_at_error:
+                break
+    return outcomes, time.perf_counter() - started
 
 
 def _run_coroutine(coroutine: types.CoroutineType[Any, Any, Any], event_loop: str) -> Any:
@@ -125,8 +148,10 @@ def _run_coroutine(coroutine: types.CoroutineType[Any, Any, Any], event_loop: st
 
 def _report(error: BaseException) -> bytes:
     """Pickle ``error`` for the parent, with its traceback as text and a fallback by name."""
-    # The first frame is this module's own; the user's traceback starts below it.
-    frames = error.__traceback__.tb_next if error.__traceback__ is not None else None
+    # The first frames are this module's own; the user's traceback starts below them.
+    frames = error.__traceback__
+    while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
+        frames = frames.tb_next
     text = "".join(traceback.format_exception(type(error), error, frames))
     exception: bytes | None = None
     if isinstance(error, Exception):

@@ -1,0 +1,318 @@
+"""``pool.map``: one function over many items, with lazy input and bounded memory."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+import anyio
+
+from ._child.worker import apply_to_chunk
+from ._eventloop import current_library, spawn_detached
+from ._serialize import dumps_call_arguments, load_error
+
+if TYPE_CHECKING:
+    from ._pool import CallOptions, _PoolCore
+
+__all__ = ["MapResults"]
+
+T = TypeVar("T")
+
+AUTO_CHUNK_LIMIT = 1024
+"""The largest chunk ``chunksize="auto"`` makes."""
+_AUTO_CHUNK_SECONDS = 0.01
+"""How long ``chunksize="auto"`` aims for a chunk to run: long enough that the round trip to the
+worker is a small part of it, short enough that results keep flowing."""
+
+
+class _Signal:
+    """Wakes the tasks waiting for a change; a task checks its condition, then waits."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
+class MapResults(Generic[T]):
+    """The results of :meth:`Pool.map`, as an async iterator and an async context manager.
+
+    Input is taken from the iterable by a background task, at most ``max_in_flight`` items
+    ahead of the results handed out. Leaving ``async with`` (or :meth:`aclose`) cancels the
+    calls still running, killing their workers as a cancelled :meth:`Pool.run` does.
+    """
+
+    def __init__(
+        self,
+        core: _PoolCore,
+        options: CallOptions,
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        ordered: bool,
+        chunksize: int | Literal["auto"],
+        max_in_flight: int | None,
+        return_exceptions: bool,
+        progress: bool | Callable[[int, int | None], object] | None,
+    ) -> None:
+        if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"chunksize must be a positive int or 'auto', not {chunksize!r}")
+        largest_chunk = AUTO_CHUNK_LIMIT if chunksize == "auto" else chunksize
+        if max_in_flight is None:
+            max_in_flight = 2 * core.max_workers * largest_chunk
+        elif max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+        self._core = core
+        self._options = options
+        self._fn = fn
+        self._iterable = iterable
+        self._ordered = ordered
+        self._auto = chunksize == "auto"
+        self._chunksize = 1 if chunksize == "auto" else chunksize
+        self._max_in_flight = max_in_flight
+        self._return_exceptions = return_exceptions
+        self._progress = _Progress(progress, iterable)
+
+        # Items taken from the input whose results have not been handed out yet.
+        self._taken = 0
+        self._chunks_sent = 0
+        self._chunks_running = 0
+        # Finished chunks by index: their outcomes and how many items they took.
+        self._finished: dict[int, tuple[list[tuple[bool, Any]], int]] = {}
+        self._next_index = 0
+        self._current: deque[tuple[bool, Any]] = deque()
+        self._current_unreported = 0
+        self._input_error: BaseException | None = None
+        self._input_done = False
+        self._changed = _Signal()
+        self._room = _Signal()
+
+        self._started = False
+        self._closed = False
+        self._scope = anyio.CancelScope()
+        self._stopped: anyio.Event | None = None
+
+    async def __aenter__(self) -> MapResults[T]:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._closed:
+            raise StopAsyncIteration
+        self._start()
+        while True:
+            if self._current:
+                ok, value = self._current.popleft()
+                self._hand_out(1)
+                if not self._current:
+                    # A chunk that stopped at its first error took more items than it returned.
+                    self._hand_out(self._current_unreported)
+                if ok or self._return_exceptions:
+                    result: T = value
+                    return result
+                await self.aclose()
+                raise value
+            if self._take_finished_chunk():
+                continue
+            if self._input_done and not self._chunks_running:
+                error, self._input_error = self._input_error, None
+                await self.aclose()
+                if error is not None:
+                    raise error
+                raise StopAsyncIteration
+            await self._changed.wait()
+
+    async def aclose(self) -> None:
+        """Stop taking input and cancel the calls still running; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._progress.close()
+        if self._stopped is not None:
+            self._scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._stopped.wait()
+
+    # --- consumer side ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._core.check_open()
+        self._started = True
+        self._stopped = anyio.Event()
+        spawn_detached(self._feed)
+
+    def _take_finished_chunk(self) -> bool:
+        if self._ordered:
+            entry = self._finished.pop(self._next_index, None)
+        else:
+            entry = self._finished.pop(next(iter(self._finished)), None) if self._finished else None
+        if entry is None:
+            return False
+        self._next_index += 1
+        outcomes, size = entry
+        for ok, value in outcomes:
+            # A worker reports an item's exception pickled; a chunk's own failure is local.
+            failure = load_error(value) if not ok and isinstance(value, bytes) else value
+            self._current.append((ok, failure))
+        self._current_unreported = size - len(outcomes)
+        if not outcomes:
+            self._hand_out(size)
+        return True
+
+    def _hand_out(self, count: int) -> None:
+        if count:
+            self._taken -= count
+            self._progress.advance(count)
+            self._room.notify()
+
+    # --- background side -------------------------------------------------------------------
+
+    async def _feed(self) -> None:
+        # Runs detached from the consumer, so that input keeps flowing between its awaits; the
+        # cancel scope is how the consumer stops it.
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as group:
+                    await self._send_chunks(group)
+        except BaseException as error:
+            if not isinstance(error, anyio.get_cancelled_exc_class()):
+                self._input_error = error
+        finally:
+            self._input_done = True
+            assert self._stopped is not None
+            self._stopped.set()
+            self._changed.notify()
+
+    async def _send_chunks(self, group: anyio.abc.TaskGroup) -> None:
+        iterable = self._iterable
+        async_items = aiter(iterable) if isinstance(iterable, AsyncIterable) else None
+        sync_items = iter(iterable) if isinstance(iterable, Iterable) else None
+        chunk: list[Any] = []
+        while True:
+            if len(chunk) >= self._chunksize or (chunk and self._taken >= self._max_in_flight):
+                # Send it once a worker can take it soon: with every worker busy and one chunk
+                # queued for each, waiting lets "auto" size the next chunk from fresh timings.
+                if self._chunks_running >= 2 * self._core.max_workers:
+                    await self._room.wait()
+                    continue
+                self._start_chunk(group, chunk)
+                chunk = []
+                continue
+            if self._taken >= self._max_in_flight:
+                # No room until the consumer takes results.
+                await self._room.wait()
+                continue
+            try:
+                item = await anext(async_items) if async_items is not None else next(sync_items)  # type: ignore[arg-type]
+            except (StopIteration, StopAsyncIteration):
+                break
+            except Exception as error:
+                # The input itself failed: raised to the consumer after the results before it.
+                self._input_error = error
+                break
+            chunk.append(item)
+            self._taken += 1
+        if chunk:
+            self._start_chunk(group, chunk)
+
+    def _start_chunk(self, group: anyio.abc.TaskGroup, chunk: list[Any]) -> None:
+        index = self._chunks_sent
+        self._chunks_sent += 1
+        self._chunks_running += 1
+        group.start_soon(self._run_chunk, index, chunk)
+
+    async def _run_chunk(self, index: int, chunk: list[Any]) -> None:
+        stop_at_error = not self._return_exceptions
+        event_loop = current_library()
+        call: tuple[Any, ...] = (
+            apply_to_chunk,
+            (self._fn, chunk, event_loop, stop_at_error),
+            {},
+            event_loop,
+        )
+        try:
+            try:
+                payload = dumps_call_arguments(call, self._fn, tuple(chunk), {})
+                # Errors name the user's function, not the chunk runner.
+                outcomes, seconds = await self._core.submit(self._fn, payload, self._options)
+            except Exception as error:
+                # The chunk as a whole failed (its worker died, an item could not be pickled):
+                # every item it held gets that error.
+                outcomes = [(False, error)] * (1 if stop_at_error else len(chunk))
+            else:
+                if self._auto:
+                    self._resize_chunks(seconds / len(chunk))
+            self._finished[index] = (outcomes, len(chunk))
+        finally:
+            self._chunks_running -= 1
+            self._changed.notify()
+            self._room.notify()
+
+    def _resize_chunks(self, seconds_per_item: float) -> None:
+        wanted = _AUTO_CHUNK_SECONDS / max(seconds_per_item, 1e-9)
+        self._chunksize = max(1, min(AUTO_CHUNK_LIMIT, math.floor(wanted)))
+
+
+class _Progress:
+    """Reports results handed out: to a callable, or on a tqdm progress bar."""
+
+    def __init__(
+        self,
+        progress: bool | Callable[[int, int | None], object] | None,
+        iterable: object,
+    ) -> None:
+        try:
+            self._total: int | None = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            self._total = None
+        self._done = 0
+        self._callback: Callable[[int, int | None], object] | None = None
+        self._bar: Any = None
+        if progress is True:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError as error:
+                raise ImportError(
+                    "progress=True needs tqdm: install anypool[progress], or pass a callable"
+                ) from error
+            self._bar = tqdm(total=self._total)
+        elif callable(progress):
+            self._callback = progress
+
+    def advance(self, count: int) -> None:
+        self._done += count
+        if self._callback is not None:
+            self._callback(self._done, self._total)
+        elif self._bar is not None:
+            self._bar.update(count)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
