@@ -95,6 +95,12 @@ def test_demo_shows_a_result_a_remote_traceback_and_a_killed_worker() -> None:
         assert "the next call ran on a new worker" in section
 
 
+def test_map_pipeline_consumes_the_async_source_and_shows_progress() -> None:
+    process = run_python(EXAMPLES / "map_pipeline.py", cwd=ROOT)
+    assert re.search(r"smallest digest: item \d+ -> [0-9a-f]{12}", process.stdout)
+    assert "2000it" in process.stderr  # the tqdm bar counted every result
+
+
 @pytest.mark.parametrize("code", program_params(README))
 def test_readme_program_runs(code: str, tmp_path: Path) -> None:
     run_program(code, tmp_path)
