@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 POLL_INTERVAL = 0.01
 
@@ -76,6 +77,21 @@ def sleep_then_return(seconds: float, value: object) -> object:
     return value
 
 
+def touch_and_return(path: Path, value: object) -> object:
+    path.touch()
+    return value
+
+
+def return_when_path_exists(path: Path, value: object, timeout: float = 10.0) -> object:
+    wait_for_path(path, timeout)
+    return value
+
+
+def raise_value_error_when_path_exists(path: Path, message: str) -> None:
+    wait_for_path(path, 20.0)
+    raise ValueError(message)
+
+
 # --- plain results ---------------------------------------------------------------------------
 
 
@@ -101,6 +117,19 @@ def identity(value: object) -> object:
 
 def zeros(size: int) -> bytes:
     return bytes(size)
+
+
+def square_unless_negative(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative item {x}")
+    return x * x
+
+
+def apply(call: tuple[Any, ...]) -> object:
+    """Run ``call``, a tuple ``(function, *arguments)``: lets one map mix items that behave
+    differently (one returns, one raises, one waits for a file)."""
+    function, *arguments = call
+    return function(*arguments)
 
 
 async def running_event_loop() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -51,9 +52,50 @@ class MapResults(Generic[T]):
     """The results of :meth:`Pool.map`, as an async iterator and an async context manager.
 
     Input is taken from the iterable by a background task, at most ``max_in_flight`` items
-    ahead of the results handed out. Leaving ``async with`` (or :meth:`aclose`) cancels the
-    calls still running, killing their workers as a cancelled :meth:`Pool.run` does.
+    ahead of the results handed out. Leaving ``async with``, :meth:`aclose`, or dropping the
+    last reference to this object cancels the calls still running, killing their workers as a
+    cancelled :meth:`Pool.run` does.
     """
+
+    __slots__ = ("_run",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._run = _MapRun(*args, **kwargs)
+
+    async def __aenter__(self) -> MapResults[T]:
+        self._run.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._run.aclose()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        result: T = await self._run.next()
+        return result
+
+    async def aclose(self) -> None:
+        """Stop taking input and cancel the calls still running; idempotent."""
+        await self._run.aclose()
+
+    def __del__(self) -> None:
+        # The background task holds the _MapRun, not this object, so a consumer that walked
+        # away from a bare `async for` still gets its calls cancelled. (No _run if the
+        # arguments were invalid.)
+        run: _MapRun | None = getattr(self, "_run", None)
+        if run is not None:
+            run.abandon()
+
+
+class _MapRun:
+    """The state of one map: the background task that feeds chunks, and the results."""
 
     def __init__(
         self,
@@ -105,25 +147,11 @@ class MapResults(Generic[T]):
         self._scope = anyio.CancelScope()
         self._stopped: anyio.Event | None = None
 
-    async def __aenter__(self) -> MapResults[T]:
-        self._start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
+    async def next(self) -> Any:
+        """The next result; raises StopAsyncIteration at the end."""
         if self._closed:
             raise StopAsyncIteration
-        self._start()
+        self.start()
         while True:
             if self._current:
                 ok, value = self._current.popleft()
@@ -132,8 +160,7 @@ class MapResults(Generic[T]):
                     # A chunk that stopped at its first error took more items than it returned.
                     self._hand_out(self._current_unreported)
                 if ok or self._return_exceptions:
-                    result: T = value
-                    return result
+                    return value
                 await self.aclose()
                 raise value
             if self._take_finished_chunk():
@@ -147,7 +174,6 @@ class MapResults(Generic[T]):
             await self._changed.wait()
 
     async def aclose(self) -> None:
-        """Stop taking input and cancel the calls still running; idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -157,9 +183,18 @@ class MapResults(Generic[T]):
             with anyio.CancelScope(shield=True):
                 await self._stopped.wait()
 
+    def abandon(self) -> None:
+        """Cancel the background work without waiting for it (nobody is left to wait)."""
+        if self._started and not self._closed:
+            self._closed = True
+            self._progress.close()
+            # The event loop may be gone already; then so is the work.
+            with contextlib.suppress(Exception):
+                self._scope.cancel()
+
     # --- consumer side ---------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def start(self) -> None:
         if self._started:
             return
         self._core.check_open()
@@ -216,12 +251,7 @@ class MapResults(Generic[T]):
         chunk: list[Any] = []
         while True:
             if len(chunk) >= self._chunksize or (chunk and self._taken >= self._max_in_flight):
-                # Send it once a worker can take it soon: with every worker busy and one chunk
-                # queued for each, waiting lets "auto" size the next chunk from fresh timings.
-                if self._chunks_running >= 2 * self._core.max_workers:
-                    await self._room.wait()
-                    continue
-                self._start_chunk(group, chunk)
+                await self._start_chunk(group, chunk)
                 chunk = []
                 continue
             if self._taken >= self._max_in_flight:
@@ -239,15 +269,23 @@ class MapResults(Generic[T]):
             chunk.append(item)
             self._taken += 1
         if chunk:
-            self._start_chunk(group, chunk)
+            await self._start_chunk(group, chunk)
 
-    def _start_chunk(self, group: anyio.abc.TaskGroup, chunk: list[Any]) -> None:
+    async def _start_chunk(self, group: anyio.abc.TaskGroup, chunk: list[Any]) -> None:
+        """Start a chunk's call; return once it has a worker.
+
+        Chunks get workers in input order (tasks started together may run in any order, and in
+        ordered mode a later chunk holding the only free worker would stall the results), and
+        the input waits meanwhile, so "auto" sizes the next chunk from fresh timings.
+        """
         index = self._chunks_sent
         self._chunks_sent += 1
         self._chunks_running += 1
-        group.start_soon(self._run_chunk, index, chunk)
+        await group.start(self._run_chunk, index, chunk)
 
-    async def _run_chunk(self, index: int, chunk: list[Any]) -> None:
+    async def _run_chunk(
+        self, index: int, chunk: list[Any], *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
         stop_at_error = not self._return_exceptions
         event_loop = current_library()
         call: tuple[Any, ...] = (
@@ -256,15 +294,26 @@ class MapResults(Generic[T]):
             {},
             event_loop,
         )
+        admitted = False
+
+        def on_admitted() -> None:
+            nonlocal admitted
+            admitted = True
+            task_status.started()
+
         try:
             try:
                 payload = dumps_call_arguments(call, self._fn, tuple(chunk), {})
                 # Errors name the user's function, not the chunk runner.
-                outcomes, seconds = await self._core.submit(self._fn, payload, self._options)
+                outcomes, seconds = await self._core.submit(
+                    self._fn, payload, self._options, on_admitted=on_admitted
+                )
             except Exception as error:
                 # The chunk as a whole failed (its worker died, an item could not be pickled):
                 # every item it held gets that error.
                 outcomes = [(False, error)] * (1 if stop_at_error else len(chunk))
+                if not admitted:
+                    task_status.started()
             else:
                 if self._auto:
                     self._resize_chunks(seconds / len(chunk))

@@ -255,10 +255,20 @@ class _PoolCore:
 
     # --- calls -----------------------------------------------------------------------------
 
-    async def submit(self, fn: Callable[..., Any], payload: bytes, options: CallOptions) -> Any:
+    async def submit(
+        self,
+        fn: Callable[..., Any],
+        payload: bytes,
+        options: CallOptions,
+        *,
+        on_admitted: Callable[[], object] | None = None,
+    ) -> Any:
+        """Run a pickled call on a worker; ``on_admitted()`` is called once it has one."""
         self.accepted += 1
         try:
             worker = await self.acquire()
+            if on_admitted is not None:
+                on_admitted()
             while True:
                 try:
                     return await self.call(worker, fn, payload, options)
