@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -78,7 +79,13 @@ class MapResults(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
-        result: T = await self._run.next()
+        # The fast path, for every result of a chunk but its last: nothing else to update.
+        run = self._run
+        if len(run.current) > 1 and run.current[0][0]:
+            result: T = run.current.popleft()[1]
+            run.handed_out(1)
+            return result
+        result = await run.next()
         return result
 
     async def aclose(self) -> None:
@@ -135,8 +142,8 @@ class _MapRun:
         # Finished chunks by index: their outcomes and how many items they took.
         self._finished: dict[int, tuple[list[tuple[bool, Any]], int]] = {}
         self._next_index = 0
-        self._current: deque[tuple[bool, Any]] = deque()
-        self._current_unreported = 0
+        self.current: deque[tuple[bool, Any]] = deque()
+        self.current_unreported = 0
         self._input_error: BaseException | None = None
         self._input_done = False
         self._changed = _Signal()
@@ -153,12 +160,12 @@ class _MapRun:
             raise StopAsyncIteration
         self.start()
         while True:
-            if self._current:
-                ok, value = self._current.popleft()
-                self._hand_out(1)
-                if not self._current:
+            if self.current:
+                ok, value = self.current.popleft()
+                self.handed_out(1)
+                if not self.current:
                     # A chunk that stopped at its first error took more items than it returned.
-                    self._hand_out(self._current_unreported)
+                    self.handed_out(self.current_unreported)
                 if ok or self._return_exceptions:
                     return value
                 await self.aclose()
@@ -214,13 +221,13 @@ class _MapRun:
         for ok, value in outcomes:
             # A worker reports an item's exception pickled; a chunk's own failure is local.
             failure = load_error(value) if not ok and isinstance(value, bytes) else value
-            self._current.append((ok, failure))
-        self._current_unreported = size - len(outcomes)
+            self.current.append((ok, failure))
+        self.current_unreported = size - len(outcomes)
         if not outcomes:
-            self._hand_out(size)
+            self.handed_out(size)
         return True
 
-    def _hand_out(self, count: int) -> None:
+    def handed_out(self, count: int) -> None:
         if count:
             self._taken -= count
             self._progress.advance(count)
@@ -246,10 +253,15 @@ class _MapRun:
 
     async def _send_chunks(self, group: anyio.abc.TaskGroup) -> None:
         iterable = self._iterable
-        async_items = aiter(iterable) if isinstance(iterable, AsyncIterable) else None
-        sync_items = iter(iterable) if isinstance(iterable, Iterable) else None
+        async_items: AsyncIterator[Any] | None = None
+        sync_items: Iterator[Any] | None = None
+        if isinstance(iterable, AsyncIterable):
+            async_items = aiter(iterable)
+        else:
+            sync_items = self._until_error(iterable)
         chunk: list[Any] = []
-        while True:
+        exhausted = False
+        while not exhausted:
             if len(chunk) >= self._chunksize or (chunk and self._taken >= self._max_in_flight):
                 await self._start_chunk(group, chunk)
                 chunk = []
@@ -258,18 +270,31 @@ class _MapRun:
                 # No room until the consumer takes results.
                 await self._room.wait()
                 continue
-            try:
-                item = await anext(async_items) if async_items is not None else next(sync_items)  # type: ignore[arg-type]
-            except (StopIteration, StopAsyncIteration):
-                break
-            except Exception as error:
-                # The input itself failed: raised to the consumer after the results before it.
-                self._input_error = error
-                break
-            chunk.append(item)
-            self._taken += 1
+            wanted = min(self._chunksize - len(chunk), self._max_in_flight - self._taken)
+            if sync_items is not None:
+                # Take the items in one C-level loop: per-item Python code limits throughput.
+                taken = list(itertools.islice(sync_items, wanted))
+                exhausted = len(taken) < wanted
+            else:
+                assert async_items is not None
+                try:
+                    taken = [await anext(async_items)]
+                except StopAsyncIteration:
+                    taken, exhausted = [], True
+                except Exception as error:
+                    taken, exhausted = [], True
+                    self._input_error = error
+            chunk += taken
+            self._taken += len(taken)
         if chunk:
             await self._start_chunk(group, chunk)
+
+    def _until_error(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        # An exception from the input ends it; the consumer gets it after the results before it.
+        try:
+            yield from iterable
+        except Exception as error:
+            self._input_error = error
 
     async def _start_chunk(self, group: anyio.abc.TaskGroup, chunk: list[Any]) -> None:
         """Start a chunk's call; return once it has a worker.
