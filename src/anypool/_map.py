@@ -184,6 +184,7 @@ class _MapRun:
         if self._closed:
             return
         self._closed = True
+        self.current.clear()
         self._progress.close()
         if self._stopped is not None:
             self._scope.cancel()
