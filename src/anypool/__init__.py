@@ -14,6 +14,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "StreamResults",
     "cpu_count",
     "run",
 ]
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     )
     from ._map import MapResults
     from ._pool import START_METHODS, CallOptions, Pool, PoolStats
+    from ._stream import StreamResults
 else:
     # Workers import anypool._child, which must not pull anyio in: the public names are loaded
     # on first use instead of here.
@@ -50,6 +52,7 @@ else:
         "CallOptions": "._pool",
         "Pool": "._pool",
         "PoolStats": "._pool",
+        "StreamResults": "._stream",
     }
 
     def __getattr__(name):

@@ -27,6 +27,7 @@ from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
 from ._eventloop import checkpoint, current_library, spawn_detached
 from ._map import MapResults
 from ._serialize import describe, dumps, dumps_call_arguments, load_error, load_result
+from ._stream import StreamResults
 from ._worker import WorkerHandle
 
 __all__ = ["START_METHODS", "CallOptions", "Pool", "PoolStats"]
@@ -64,6 +65,7 @@ class CallOptions:
     """How a pool runs calls; see :meth:`Pool.with_options`."""
 
     kill_on_cancel: bool = True
+    buffer: int = 16
 
 
 class _Waiter:
@@ -517,18 +519,29 @@ class Pool:
     def kill_grace(self) -> float:
         return self._core.kill_grace
 
-    def with_options(self, *, kill_on_cancel: bool | None = None) -> Pool:
-        """This pool with other call options: same workers, same lifecycle.
+    def with_options(
+        self, *, kill_on_cancel: bool | None = None, buffer: int | None = None
+    ) -> Pool:
+        """This pool with other call options: same workers, same lifecycle. An option left
+        out keeps its current value.
 
         Args:
             kill_on_cancel: ``True`` (the default): a cancelled call's worker is terminated.
                 ``False``: the caller is cancelled at once, the worker finishes the call, the
-                result is discarded and the worker is reused.
+                result is discarded and the worker is reused. (:meth:`run` and :meth:`map`.)
+            buffer: how many items a generator run by :meth:`stream` may make ahead of the
+                items its consumer took (default 16).
 
-        Options travel apart from ``run``'s arguments, so they never clash with the keyword
-        arguments of the function it calls.
+        Options travel apart from the arguments of ``run`` and ``stream``, so they never clash
+        with the keyword arguments of the function called.
         """
-        changes = {} if kill_on_cancel is None else {"kill_on_cancel": kill_on_cancel}
+        if buffer is not None and buffer < 1:
+            raise ValueError(f"buffer must be at least 1, not {buffer}")
+        changes: dict[str, Any] = {}
+        if kill_on_cancel is not None:
+            changes["kill_on_cancel"] = kill_on_cancel
+        if buffer is not None:
+            changes["buffer"] = buffer
         view = object.__new__(Pool)
         view._core = self._core
         view._options = dataclasses.replace(self._options, **changes)
@@ -611,6 +624,19 @@ class Pool:
             return_exceptions=return_exceptions,
             progress=progress,
         )
+
+    def stream(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> StreamResults[Any]:
+        """Run the generator ``fn(*args, **kwargs)`` in a worker; iterate its items as it
+        yields them.
+
+        ``fn`` may be a generator function or an async generator function. Use ``async for
+        item in pool.stream(...)``, or ``async with pool.stream(...) as items``. The generator
+        is not resumed while ``buffer`` items (see :meth:`with_options`) wait for the consumer.
+        Leaving early, :meth:`StreamResults.aclose`, or a cancellation closes the generator in
+        the worker (``GeneratorExit``); a worker whose generator does not finish within
+        ``kill_grace`` is killed. The generator's exception is raised after the items before it.
+        """
+        return StreamResults(self._core, self._options, fn, args, kwargs)
 
     def close(self) -> None:
         """Accept no more calls. Calls already accepted go on; see :meth:`join`."""

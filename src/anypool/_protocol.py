@@ -7,8 +7,13 @@ knows how many bytes to wait for.
 Parent to worker:
     CALL        a pickled tuple ``(fn, args, kwargs, event_loop)``; ``event_loop`` says where a
                 coroutine returned by ``fn`` runs: ``"asyncio"`` or ``"trio"``, as the caller.
+    STREAM      a pickled tuple ``(fn, args, kwargs, event_loop, buffer)``: run the generator
+                ``fn(*args, **kwargs)`` and send its items, at most ``buffer`` ahead of CREDIT.
+    CREDIT      a COUNT: the parent took that many more items of the stream.
+    CLOSE       empty: close the stream's generator (GeneratorExit) and finish with RESULT.
 Worker to parent:
-    RESULT      the pickled return value of a call.
+    RESULT      the pickled return value of a call; ends a stream too.
+    ITEM        one pickled item of a stream.
     ERROR       a pickled :class:`ErrorReport`: the call raised.
     INIT_FAILED a pickled :class:`ErrorReport`: the pool's initializer raised; the worker exits.
     RETIRING    empty: the worker was idle for ``idle_timeout`` and exits without reading
@@ -24,11 +29,16 @@ from typing import Any, Final, NamedTuple
 
 __all__ = [
     "CALL",
+    "CLOSE",
+    "COUNT",
+    "CREDIT",
     "ERROR",
     "HEADER",
     "INIT_FAILED",
+    "ITEM",
     "RESULT",
     "RETIRING",
+    "STREAM",
     "ErrorReport",
     "FrameReader",
     "WorkerConfig",
@@ -43,6 +53,12 @@ RESULT: Final = 2
 ERROR: Final = 3
 INIT_FAILED: Final = 4
 RETIRING: Final = 5
+STREAM: Final = 6
+CREDIT: Final = 7
+CLOSE: Final = 8
+ITEM: Final = 9
+
+COUNT: Final = struct.Struct("<Q")
 
 
 def encode_frame(kind: int, payload: bytes) -> tuple[list[bytes], int]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import struct
 import time
 import traceback
 import types
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -27,6 +29,8 @@ class _Pipe:
     def __init__(self, fd: int, idle_timeout: float | None) -> None:
         self._fd = fd
         self._reader = protocol.FrameReader()
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN)
         if idle_timeout is not None:
             # A read that waits this long fails with EAGAIN: the idle timeout costs no syscall
             # per call (the pipe is a socket pair).
@@ -54,6 +58,10 @@ class _Pipe:
                 return None
             reader.advance(count)
         return frame
+
+    def pending(self) -> bool:
+        """Whether a message (or end-of-file) is waiting to be received."""
+        return self._reader.partial or bool(self._poller.poll(0))
 
     def send(self, kind: int, payload: bytes) -> None:
         parts, total = protocol.encode_frame(kind, payload)
@@ -91,7 +99,11 @@ def _serve(pipe: _Pipe, config: protocol.WorkerConfig) -> None:
             return
         if message is None:
             return
-        pipe.send(*_run(message[1]))
+        kind, payload = message
+        if kind == protocol.STREAM:
+            _stream(pipe, payload)
+        else:
+            pipe.send(*_run(payload))
 
 
 def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
@@ -106,6 +118,101 @@ def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
         failure = SerializationError(f"could not pickle the result of {describe(fn)}: {error}")
         failure.__cause__ = error
         return protocol.ERROR, _report(failure)
+
+
+def _stream(pipe: _Pipe, payload: bytes | bytearray) -> None:
+    """Send the items of a generator as it makes them, at most ``buffer`` ahead of the
+    parent's credit, until it ends, fails, or the parent asks to close it."""
+    try:
+        fn, args, kwargs, event_loop, buffer = loads(payload)
+        generator = _start_generator(fn, args, kwargs)
+    except BaseException as error:
+        pipe.send(protocol.ERROR, _report(error))
+        return
+    credit = _Credit(pipe, buffer)
+    if isinstance(generator, types.AsyncGeneratorType):
+        _run_coroutine(_drive_async_generator(pipe, generator, credit), event_loop)
+    else:
+        _drive_generator(pipe, generator, credit)
+
+
+def _start_generator(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    generator = fn(*args, **kwargs)
+    if not isinstance(generator, (types.GeneratorType, types.AsyncGeneratorType)):
+        raise TypeError(
+            f"pool.stream needs a generator function; {describe(fn)} returned {describe(generator)}"
+        )
+    return generator
+
+
+class _Credit:
+    """How many more items the parent will take; its messages are read between items."""
+
+    def __init__(self, pipe: _Pipe, buffer: int) -> None:
+        self._pipe = pipe
+        self._available = buffer
+
+    def take(self) -> bool:
+        """Wait until one more item may be made and count it; ``False``: close instead."""
+        while self._available == 0 or self._pipe.pending():
+            try:
+                message = self._pipe.receive()
+            except TimeoutError:  # the idle timeout; a stream waiting for its consumer is busy
+                continue
+            if message is None or message[0] == protocol.CLOSE:
+                return False
+            self._available += protocol.COUNT.unpack(message[1])[0]
+        self._available -= 1
+        return True
+
+
+def _drive_generator(pipe: _Pipe, generator: Any, credit: _Credit) -> None:
+    while credit.take():
+        try:
+            item = next(generator)
+        except StopIteration:
+            pipe.send(protocol.RESULT, dumps(None))
+            return
+        except BaseException as error:
+            pipe.send(protocol.ERROR, _report(error))
+            return
+        if not _send_item(pipe, item, generator):
+            generator.close()
+            return
+    # GeneratorExit reaches the generator; if it hangs there, the parent kills us.
+    with contextlib.suppress(Exception):
+        generator.close()
+    pipe.send(protocol.RESULT, dumps(None))
+
+
+async def _drive_async_generator(pipe: _Pipe, generator: Any, credit: _Credit) -> None:
+    while credit.take():
+        try:
+            item = await generator.__anext__()
+        except StopAsyncIteration:
+            pipe.send(protocol.RESULT, dumps(None))
+            return
+        except BaseException as error:
+            pipe.send(protocol.ERROR, _report(error))
+            return
+        if not _send_item(pipe, item, generator):
+            await generator.aclose()
+            return
+    with contextlib.suppress(Exception):
+        await generator.aclose()
+    pipe.send(protocol.RESULT, dumps(None))
+
+
+def _send_item(pipe: _Pipe, item: Any, generator: Any) -> bool:
+    try:
+        data = dumps(item)
+    except Exception as error:
+        failure = SerializationError(f"could not pickle an item of {describe(generator)}: {error}")
+        failure.__cause__ = error
+        pipe.send(protocol.ERROR, _report(failure))
+        return False
+    pipe.send(protocol.ITEM, data)
+    return True
 
 
 def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event_loop: str) -> Any:
@@ -132,7 +239,7 @@ def apply_to_chunk(
     return outcomes, time.perf_counter() - started
 
 
-def _run_coroutine(coroutine: types.CoroutineType[Any, Any, Any], event_loop: str) -> Any:
+def _run_coroutine(coroutine: Coroutine[Any, Any, Any], event_loop: str) -> Any:
     # Run it on the caller's kind of event loop, imported only when a call needs it.
     if event_loop == "trio":
         import trio

@@ -1,0 +1,217 @@
+"""``pool.stream``: the items of a generator running in a worker, as it yields them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+
+from . import _protocol as protocol
+from ._channel import ChannelClosed
+from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
+from ._eventloop import current_library, spawn_detached
+from ._serialize import describe, dumps_call_arguments, load_error, load_result
+
+if TYPE_CHECKING:
+    from ._pool import CallOptions, _PoolCore
+    from ._worker import WorkerHandle
+
+__all__ = ["StreamResults"]
+
+T = TypeVar("T")
+
+
+class StreamResults(Generic[T]):
+    """The items of :meth:`Pool.stream`, as an async iterator and an async context manager.
+
+    Leaving ``async with``, :meth:`aclose`, a cancellation, or dropping the last reference to
+    this object closes the generator in the worker.
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(
+        self,
+        core: _PoolCore,
+        options: CallOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._stream = _Stream(core, options, fn, args, kwargs)
+
+    async def __aenter__(self) -> StreamResults[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._stream.aclose()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        item: T = await self._stream.next()
+        return item
+
+    async def aclose(self) -> None:
+        """Close the generator in the worker (or kill the worker); idempotent."""
+        await self._stream.aclose()
+
+    def __del__(self) -> None:
+        stream: _Stream | None = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.abandon()
+
+
+class _Stream:
+    """One stream's worker and flow control."""
+
+    def __init__(
+        self,
+        core: _PoolCore,
+        options: CallOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._core = core
+        self._options = options
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self._worker: WorkerHandle | None = None
+        self._payload = b""
+        self._started = False
+        self._done = False
+        # Items handed out that the worker has not been told of; it is told in batches.
+        self._unacknowledged = 0
+        self._credit_batch = max(1, options.buffer // 2)
+
+    async def next(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        if not self._started:
+            await self._start()
+        try:
+            kind, body = await self._receive()
+        except ChannelClosed:
+            worker = self._worker
+            assert worker is not None
+            exitcode = await self._core.stop_busy(worker, terminate=False)
+            self._finish(failed=True)
+            if self._core.terminated:
+                raise PoolClosedError(
+                    f"the pool was terminated during the stream of {describe(self._fn)}"
+                ) from None
+            raise BrokenWorkerError(
+                worker.pid, exitcode, f"the stream of {describe(self._fn)}"
+            ) from None
+        except BaseException:
+            # Cancelled: close the generator as when the consumer leaves early.
+            await self.aclose()
+            raise
+        worker = self._worker
+        assert worker is not None
+        if kind == protocol.ITEM:
+            self._unacknowledged += 1
+            return load_result(body, self._fn)
+        if kind == protocol.INIT_FAILED:
+            await self._core.stop_busy(worker, terminate=False, replaced=False)
+            self._finish(failed=True)
+            raise InitializerError(
+                f"the pool's initializer raised in worker process {worker.pid}"
+            ) from load_error(body)
+        self._release(worker)
+        self._finish(failed=kind == protocol.ERROR)
+        if kind == protocol.ERROR:
+            raise load_error(body)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        if self._done:
+            return
+        worker = self._worker
+        if worker is None:
+            self._done = True
+            return
+        core = self._core
+        with anyio.CancelScope(shield=True):
+            try:
+                await worker.channel.send(protocol.CLOSE, b"")
+                # Items already on their way are dropped; the generator's end confirms it closed.
+                with anyio.fail_after(core.kill_grace):
+                    while (await worker.channel.receive())[0] == protocol.ITEM:
+                        pass
+            except (TimeoutError, ChannelClosed):
+                await core.stop_busy(worker, terminate=True)
+            else:
+                self._release(worker)
+        core.calls_cancelled += 1
+        self._finish(failed=None)
+
+    def abandon(self) -> None:
+        """Close in the background: the consumer dropped the stream without closing it."""
+        if self._worker is not None and not self._done:
+            # Without a running event loop (at interpreter exit) the pool stops the worker.
+            with contextlib.suppress(Exception):
+                spawn_detached(self.aclose)
+
+    async def _start(self) -> None:
+        self._started = True
+        core = self._core
+        core.check_open()
+        event_loop = current_library()
+        call = (self._fn, self._args, self._kwargs, event_loop, self._options.buffer)
+        self._payload = dumps_call_arguments(call, self._fn, self._args, self._kwargs)
+        core.accepted += 1
+        try:
+            self._worker = worker = await core.acquire()
+            core.calls_running += 1
+            await worker.channel.send(protocol.STREAM, self._payload)
+        except BaseException:
+            if self._worker is not None:
+                core.calls_running -= 1
+                await core.stop_busy(self._worker, terminate=True)
+            self._done = True
+            core.call_finished()
+            raise
+
+    async def _receive(self) -> tuple[int, bytes | bytearray]:
+        worker = self._worker
+        assert worker is not None
+        if self._unacknowledged >= self._credit_batch:
+            count, self._unacknowledged = self._unacknowledged, 0
+            await worker.channel.send(protocol.CREDIT, protocol.COUNT.pack(count))
+        kind, body = await worker.channel.receive()
+        while kind == protocol.RETIRING:
+            # The worker retired before it read the stream: start it on another one.
+            core = self._core
+            core.busy.discard(worker)
+            core.let_go(worker)
+            self._worker = worker = core.pop_idle() or await core.start_worker_in_freed_place()
+            await worker.channel.send(protocol.STREAM, self._payload)
+            kind, body = await worker.channel.receive()
+        return kind, body
+
+    def _release(self, worker: WorkerHandle) -> None:
+        worker.calls += 1
+        self._core.release(worker)
+
+    def _finish(self, *, failed: bool | None) -> None:
+        """Account for the end of the stream: ``failed`` is ``None`` when it was cancelled."""
+        self._done = True
+        core = self._core
+        core.calls_running -= 1
+        if failed is True:
+            core.calls_failed += 1
+        elif failed is False:
+            core.calls_completed += 1
+        core.call_finished()
