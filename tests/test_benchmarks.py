@@ -9,9 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_map_throughput_benchmark_runs_and_reports_every_contender() -> None:
+def run_quick(script: str) -> str:
     process = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "map_throughput.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -20,5 +20,16 @@ def test_map_throughput_benchmark_runs_and_reports_every_contender() -> None:
         check=False,
     )
     assert process.returncode == 0, process.stderr
+    return process.stdout
+
+
+def test_map_throughput_benchmark_runs_and_reports_every_contender() -> None:
+    report = run_quick("map_throughput.py")
     for contender in ("anypool (asyncio)", "anypool (trio)", "multiprocessing.Pool.imap"):
-        assert contender in process.stdout
+        assert contender in report
+
+
+def test_stream_throughput_benchmark_runs_on_both_event_loops() -> None:
+    report = run_quick("stream_throughput.py")
+    assert "anypool (stream, asyncio)" in report
+    assert "anypool (stream, trio)" in report

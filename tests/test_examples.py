@@ -95,6 +95,13 @@ def test_demo_shows_a_result_a_remote_traceback_and_a_killed_worker() -> None:
         assert "the next call ran on a new worker" in section
 
 
+def test_stream_progress_shows_partial_results_and_stops_the_generator_early() -> None:
+    process = run_python(EXAMPLES / "stream_progress.py", cwd=ROOT)
+    assert "round 10: 200,000 samples, pi ~ 3.1" in process.stdout
+    assert "round 11" not in process.stdout
+    assert "the pool is free again: True" in process.stdout
+
+
 def test_map_pipeline_consumes_the_async_source_and_shows_progress() -> None:
     process = run_python(EXAMPLES / "map_pipeline.py", cwd=ROOT)
     assert re.search(r"smallest digest: item \d+ -> [0-9a-f]{12}", process.stdout)

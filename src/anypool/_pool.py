@@ -65,7 +65,7 @@ class CallOptions:
     """How a pool runs calls; see :meth:`Pool.with_options`."""
 
     kill_on_cancel: bool = True
-    buffer: int = 16
+    buffer: int = 64
 
 
 class _Waiter:
@@ -530,7 +530,7 @@ class Pool:
                 ``False``: the caller is cancelled at once, the worker finishes the call, the
                 result is discarded and the worker is reused. (:meth:`run` and :meth:`map`.)
             buffer: how many items a generator run by :meth:`stream` may make ahead of the
-                items its consumer took (default 16).
+                items its consumer took (default 64).
 
         Options travel apart from the arguments of ``run`` and ``stream``, so they never clash
         with the keyword arguments of the function called.
