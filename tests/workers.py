@@ -8,11 +8,13 @@ waits for a file the test creates.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +259,192 @@ class UnloadableResult:
 
 def return_unloadable_result() -> UnloadableResult:
     return UnloadableResult()
+
+
+# --- generators for pool.stream --------------------------------------------------------------
+
+
+def _event_loop_library() -> str:
+    """Which event loop library runs the current task: "trio" or "asyncio"."""
+    if "trio" in sys.modules:
+        import trio
+
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return "trio"
+    return "asyncio"
+
+
+async def _sleep(seconds: float) -> None:
+    """Sleep on whichever event loop runs the async generator in the worker."""
+    if _event_loop_library() == "trio":
+        import trio
+
+        await trio.sleep(seconds)
+    else:
+        import asyncio
+
+        await asyncio.sleep(seconds)
+
+
+def count_up(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+async def async_count_up(n: int) -> AsyncIterator[int]:
+    for item in range(n):
+        await _sleep(0)
+        yield item
+
+
+async def yield_event_loop_library() -> AsyncIterator[str]:
+    await _sleep(0)
+    yield _event_loop_library()
+
+
+def yield_then_wait_for(release: Path, first: object, second: object) -> Iterator[object]:
+    """Yield ``first``, then block until ``release`` exists before yielding ``second``."""
+    yield first
+    wait_for_path(release, 20.0)
+    yield second
+
+
+async def async_yield_then_wait_for(
+    release: Path, first: object, second: object
+) -> AsyncIterator[object]:
+    yield first
+    deadline = time.monotonic() + 20.0
+    while not release.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release.name} did not appear within 20 s")
+        await _sleep(POLL_INTERVAL)
+    yield second
+
+
+def _note_produced(log: Path, item: int) -> None:
+    with log.open("a") as file:
+        file.write(f"{item}\n")
+
+
+def count_forever_logging(log: Path) -> Iterator[int]:
+    """An endless, fast generator that appends a line to ``log`` for each item it produces."""
+    for item in itertools.count():
+        _note_produced(log, item)
+        yield item
+
+
+async def async_count_forever_logging(log: Path) -> AsyncIterator[int]:
+    for item in itertools.count():
+        _note_produced(log, item)
+        yield item
+
+
+def yield_pid_forever(outcome: Path) -> Iterator[int]:
+    """Yield this worker's pid forever; on the way out, write to ``outcome`` what ended it
+    ("GeneratorExit" when the generator is closed)."""
+    ended_by = "nothing"
+    try:
+        while True:
+            yield os.getpid()
+    except BaseException as error:
+        ended_by = type(error).__name__
+        raise
+    finally:
+        outcome.write_text(ended_by)
+
+
+async def async_yield_pid_forever(outcome: Path) -> AsyncIterator[int]:
+    ended_by = "nothing"
+    try:
+        while True:
+            yield os.getpid()
+    except BaseException as error:
+        ended_by = type(error).__name__
+        raise
+    finally:
+        outcome.write_text(ended_by)
+
+
+def yield_pid_forever_then_block_when_closed(closing: Path) -> Iterator[int]:
+    """Yield this worker's pid forever; once closed, touch ``closing`` and block for a minute:
+    only a kill ends it."""
+    try:
+        while True:
+            yield os.getpid()
+    finally:
+        closing.touch()
+        time.sleep(60)
+
+
+async def async_yield_pid_forever_then_block_when_closed(closing: Path) -> AsyncIterator[int]:
+    try:
+        while True:
+            yield os.getpid()
+    finally:
+        closing.touch()
+        time.sleep(60)
+
+
+def yield_then_raise(items: list[object], message: str) -> Iterator[object]:
+    yield from items
+    raise ValueError(message)
+
+
+async def async_yield_then_raise(items: list[object], message: str) -> AsyncIterator[object]:
+    for item in items:
+        yield item
+    raise ValueError(message)
+
+
+def yield_then_exit(items: list[object], code: int) -> Iterator[object]:
+    yield from items
+    os._exit(code)
+
+
+async def async_yield_then_exit(items: list[object], code: int) -> AsyncIterator[object]:
+    for item in items:
+        yield item
+    os._exit(code)
+
+
+def yield_a_lock_between(before: object, after: object) -> Iterator[object]:
+    yield before
+    yield threading.Lock()
+    yield after
+
+
+async def async_yield_a_lock_between(before: object, after: object) -> AsyncIterator[object]:
+    yield before
+    yield threading.Lock()
+    yield after
+
+
+def yield_an_unloadable_item_between(before: object, after: object) -> Iterator[object]:
+    yield before
+    yield UnloadableResult()
+    yield after
+
+
+async def async_yield_an_unloadable_item_between(
+    before: object, after: object
+) -> AsyncIterator[object]:
+    yield before
+    yield UnloadableResult()
+    yield after
+
+
+def yield_then_note_the_end(items: list[object], finished: Path) -> Iterator[object]:
+    """Yield ``items``, then touch ``finished`` as the generator returns."""
+    yield from items
+    finished.touch()
+
+
+async def async_yield_then_note_the_end(
+    items: list[object], finished: Path
+) -> AsyncIterator[object]:
+    for item in items:
+        yield item
+    finished.touch()

@@ -11,7 +11,7 @@ import anyio
 
 from . import _protocol as protocol
 from ._channel import ChannelClosed
-from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
+from ._errors import BrokenWorkerError, InitializerError, PoolClosedError, SerializationError
 from ._eventloop import current_library, spawn_detached
 from ._serialize import describe, dumps_call_arguments, load_error, load_result
 
@@ -122,7 +122,12 @@ class _Stream:
         assert worker is not None
         if kind == protocol.ITEM:
             self._unacknowledged += 1
-            return load_result(body, self._fn)
+            try:
+                return load_result(body, self._fn)
+            except SerializationError:
+                # The stream cannot go on past an item it cannot deliver.
+                await self._close(failed=True)
+                raise
         if kind == protocol.INIT_FAILED:
             await self._core.stop_busy(worker, terminate=False, replaced=False)
             self._finish(failed=True)
@@ -136,6 +141,10 @@ class _Stream:
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
+        await self._close(failed=None)
+
+    async def _close(self, *, failed: bool | None) -> None:
+        """Close the generator in the worker (kill the worker if it does not finish)."""
         if self._done:
             return
         worker = self._worker
@@ -154,8 +163,9 @@ class _Stream:
                 await core.stop_busy(worker, terminate=True)
             else:
                 self._release(worker)
-        core.calls_cancelled += 1
-        self._finish(failed=None)
+        if failed is None:
+            core.calls_cancelled += 1
+        self._finish(failed=failed)
 
     def abandon(self) -> None:
         """Close in the background: the consumer dropped the stream without closing it."""
@@ -167,10 +177,14 @@ class _Stream:
     async def _start(self) -> None:
         self._started = True
         core = self._core
-        core.check_open()
-        event_loop = current_library()
-        call = (self._fn, self._args, self._kwargs, event_loop, self._options.buffer)
-        self._payload = dumps_call_arguments(call, self._fn, self._args, self._kwargs)
+        try:
+            core.check_open()
+            event_loop = current_library()
+            call = (self._fn, self._args, self._kwargs, event_loop, self._options.buffer)
+            self._payload = dumps_call_arguments(call, self._fn, self._args, self._kwargs)
+        except BaseException:
+            self._done = True
+            raise
         core.accepted += 1
         try:
             self._worker = worker = await core.acquire()

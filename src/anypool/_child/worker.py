@@ -102,8 +102,9 @@ def _serve(pipe: _Pipe, config: protocol.WorkerConfig) -> None:
         kind, payload = message
         if kind == protocol.STREAM:
             _stream(pipe, payload)
-        else:
+        elif kind == protocol.CALL:
             pipe.send(*_run(payload))
+        # Otherwise a CREDIT or CLOSE for a stream that had already ended as it was sent.
 
 
 def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
@@ -176,8 +177,13 @@ def _drive_generator(pipe: _Pipe, generator: Any, credit: _Credit) -> None:
         except BaseException as error:
             pipe.send(protocol.ERROR, _report(error))
             return
-        if not _send_item(pipe, item, generator):
-            generator.close()
+        kind, data = _pickle_item(item, generator)
+        if kind == protocol.ERROR:
+            # Close the generator before reporting: the error is the stream's last message.
+            with contextlib.suppress(Exception):
+                generator.close()
+        pipe.send(kind, data)
+        if kind == protocol.ERROR:
             return
     # GeneratorExit reaches the generator; if it hangs there, the parent kills us.
     with contextlib.suppress(Exception):
@@ -195,24 +201,28 @@ async def _drive_async_generator(pipe: _Pipe, generator: Any, credit: _Credit) -
         except BaseException as error:
             pipe.send(protocol.ERROR, _report(error))
             return
-        if not _send_item(pipe, item, generator):
-            await generator.aclose()
+        kind, data = _pickle_item(item, generator)
+        if kind == protocol.ERROR:
+            with contextlib.suppress(Exception):
+                await generator.aclose()
+        pipe.send(kind, data)
+        if kind == protocol.ERROR:
             return
     with contextlib.suppress(Exception):
         await generator.aclose()
     pipe.send(protocol.RESULT, dumps(None))
 
 
-def _send_item(pipe: _Pipe, item: Any, generator: Any) -> bool:
+def _pickle_item(item: Any, generator: Any) -> tuple[int, bytes]:
+    """The ITEM message for ``item``, or the ERROR that says why it cannot be pickled."""
     try:
-        data = dumps(item)
+        return protocol.ITEM, dumps(item)
     except Exception as error:
-        failure = SerializationError(f"could not pickle an item of {describe(generator)}: {error}")
+        failure = SerializationError(
+            f"could not pickle an item yielded by {generator.__qualname__}: {error}"
+        )
         failure.__cause__ = error
-        pipe.send(protocol.ERROR, _report(failure))
-        return False
-    pipe.send(protocol.ITEM, data)
-    return True
+        return protocol.ERROR, _report(failure)
 
 
 def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event_loop: str) -> Any:
