@@ -7,13 +7,13 @@ import itertools
 import math
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import anyio
 
 from ._child.worker import apply_to_chunk
 from ._eventloop import current_library, spawn_detached
+from ._results import ResultIterator
 from ._serialize import dumps_call_arguments, load_error
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class _Signal:
         await self._event.wait()
 
 
-class MapResults(Generic[T]):
+class MapResults(ResultIterator[T]):
     """The results of :meth:`Pool.map`, as an async iterator and an async context manager.
 
     Input is taken from the iterable by a background task, at most ``max_in_flight`` items
@@ -58,47 +58,20 @@ class MapResults(Generic[T]):
     cancelled :meth:`Pool.run` does.
     """
 
-    __slots__ = ("_run",)
+    __slots__ = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._run = _MapRun(*args, **kwargs)
-
-    async def __aenter__(self) -> MapResults[T]:
-        self._run.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._run.aclose()
-
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
+        super().__init__(_MapRun(*args, **kwargs))
 
     async def __anext__(self) -> T:
         # The fast path, for every result of a chunk but its last: nothing else to update.
-        run = self._run
+        run = cast(_MapRun, self._source)
         if len(run.current) > 1 and run.current[0][0]:
             result: T = run.current.popleft()[1]
             run.handed_out(1)
             return result
         result = await run.next()
         return result
-
-    async def aclose(self) -> None:
-        """Stop taking input and cancel the calls still running; idempotent."""
-        await self._run.aclose()
-
-    def __del__(self) -> None:
-        # The background task holds the _MapRun, not this object, so a consumer that walked
-        # away from a bare `async for` still gets its calls cancelled. (No _run if the
-        # arguments were invalid.)
-        run: _MapRun | None = getattr(self, "_run", None)
-        if run is not None:
-            run.abandon()
 
 
 class _MapRun:
@@ -201,6 +174,9 @@ class _MapRun:
                 self._scope.cancel()
 
     # --- consumer side ---------------------------------------------------------------------
+
+    def enter(self) -> None:
+        self.start()
 
     def start(self) -> None:
         if self._started:

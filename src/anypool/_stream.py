@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -13,6 +12,7 @@ from . import _protocol as protocol
 from ._channel import ChannelClosed
 from ._errors import BrokenWorkerError, InitializerError, PoolClosedError, SerializationError
 from ._eventloop import current_library, spawn_detached
+from ._results import ResultIterator
 from ._serialize import describe, dumps_call_arguments, load_error, load_result
 
 if TYPE_CHECKING:
@@ -24,14 +24,14 @@ __all__ = ["StreamResults"]
 T = TypeVar("T")
 
 
-class StreamResults(Generic[T]):
+class StreamResults(ResultIterator[T]):
     """The items of :meth:`Pool.stream`, as an async iterator and an async context manager.
 
     Leaving ``async with``, :meth:`aclose`, a cancellation, or dropping the last reference to
     this object closes the generator in the worker.
     """
 
-    __slots__ = ("_stream",)
+    __slots__ = ()
 
     def __init__(
         self,
@@ -41,34 +41,7 @@ class StreamResults(Generic[T]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        self._stream = _Stream(core, options, fn, args, kwargs)
-
-    async def __aenter__(self) -> StreamResults[T]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._stream.aclose()
-
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        item: T = await self._stream.next()
-        return item
-
-    async def aclose(self) -> None:
-        """Close the generator in the worker (or kill the worker); idempotent."""
-        await self._stream.aclose()
-
-    def __del__(self) -> None:
-        stream: _Stream | None = getattr(self, "_stream", None)
-        if stream is not None:
-            stream.abandon()
+        super().__init__(_Stream(core, options, fn, args, kwargs))
 
 
 class _Stream:
@@ -139,6 +112,10 @@ class _Stream:
         if kind == protocol.ERROR:
             raise load_error(body)
         raise StopAsyncIteration
+
+    def enter(self) -> None:
+        # The stream starts at the first item: that is where its errors are raised.
+        pass
 
     async def aclose(self) -> None:
         await self._close(failed=None)
