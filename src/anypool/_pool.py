@@ -78,10 +78,6 @@ class _Waiter:
         self.worker: WorkerHandle | None = None
         self.may_start = False
 
-    @property
-    def granted(self) -> bool:
-        return self.worker is not None or self.may_start
-
 
 class _Retry(Exception):
     """The worker retired before it read the call: run the call on another worker."""
@@ -275,14 +271,20 @@ class _PoolCore:
                 try:
                     return await self.call(worker, fn, payload, options)
                 except _Retry:
-                    # The retired worker's place is still ours: use an idle worker or fill it.
-                    worker = self.pop_idle() or await self.start_worker_in_freed_place()
+                    worker = await self.replace_retired(worker)
         finally:
             self.call_finished()
 
-    async def start_worker_in_freed_place(self) -> WorkerHandle:
-        self.starting += 1
-        return await self.start_worker()
+    async def replace_retired(self, worker: WorkerHandle) -> WorkerHandle:
+        """Let go of a busy worker that retired before it read its call, and return another
+        for that call: the retired worker's place is still the call's, so it waits for none."""
+        self.busy.discard(worker)
+        self.let_go(worker)
+        replacement = self.pop_idle()
+        if replacement is None:
+            self.starting += 1
+            replacement = await self.start_worker()
+        return replacement
 
     def call_finished(self) -> None:
         self.accepted -= 1
@@ -321,8 +323,6 @@ class _PoolCore:
             raise
         self.calls_running -= 1
         if kind == protocol.RETIRING:
-            self.busy.discard(worker)
-            self.let_go(worker)
             raise _Retry
         if kind == protocol.INIT_FAILED:
             await self.stop_busy(worker, terminate=False, replaced=False)

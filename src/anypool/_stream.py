@@ -184,10 +184,7 @@ class _Stream:
         kind, body = await worker.channel.receive()
         while kind == protocol.RETIRING:
             # The worker retired before it read the stream: start it on another one.
-            core = self._core
-            core.busy.discard(worker)
-            core.let_go(worker)
-            self._worker = worker = core.pop_idle() or await core.start_worker_in_freed_place()
+            self._worker = worker = await self._core.replace_retired(worker)
             await worker.channel.send(protocol.STREAM, self._payload)
             kind, body = await worker.channel.receive()
         return kind, body
