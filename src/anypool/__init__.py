@@ -4,13 +4,17 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "START_METHODS",
+    "AsyncChannelEnd",
     "BrokenWorkerError",
     "CallOptions",
+    "Channel",
+    "ChannelEnd",
     "InitializerError",
     "MapResults",
     "Pool",
     "PoolClosedError",
     "PoolStats",
+    "Queue",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
@@ -20,8 +24,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ._child.duplex import AsyncChannelEnd, ChannelEnd
     from ._cpu import cpu_count
     from ._default_pool import run
+    from ._duplex import Channel
     from ._errors import (
         BrokenWorkerError,
         InitializerError,
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
     )
     from ._map import MapResults
     from ._pool import START_METHODS, CallOptions, Pool, PoolStats
+    from ._queue import Queue
     from ._stream import StreamResults
 else:
     # Workers import anypool._child, which must not pull anyio in: the public names are loaded
@@ -39,6 +46,10 @@ else:
     import importlib
 
     _HOMES = {
+        "AsyncChannelEnd": "._child.duplex",
+        "ChannelEnd": "._child.duplex",
+        "Channel": "._duplex",
+        "Queue": "._queue",
         "cpu_count": "._cpu",
         "run": "._default_pool",
         "BrokenWorkerError": "._errors",

@@ -24,11 +24,11 @@ class ChannelClosed(Exception):
 class MessageChannel:
     """Send and receive frames over one non-blocking pipe descriptor.
 
-    One task at a time may send and one may receive; the pool guarantees that by giving a worker
-    to exactly one call at a time.
+    One task at a time may receive (the pool gives a worker to one call at a time); sends from
+    several tasks are written one frame after the other.
     """
 
-    __slots__ = ("_fd", "_poller", "_reader", "_waiter", "_watched_by")
+    __slots__ = ("_fd", "_poller", "_reader", "_sending", "_waiter", "_watched_by", "cut_short")
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -39,6 +39,10 @@ class MessageChannel:
         # asyncio only: the loop our descriptor is registered with, and the future to wake.
         self._watched_by: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # Set while a frame waits to be written in full: other frames wait for it.
+        self._sending: anyio.Event | None = None
+        self.cut_short = False
+        """Whether a send was cancelled part-way through a frame."""
 
     @property
     def fileno(self) -> int:
@@ -53,26 +57,40 @@ class MessageChannel:
             os.close(fd)
 
     async def send(self, kind: int, payload: bytes) -> None:
-        """Send one frame. If this is cancelled part-way, the channel is unusable.
+        """Send one frame. Frames sent by concurrent tasks go one after the other.
 
         Raises:
-            ChannelClosed: the worker's end is gone.
+            ChannelClosed: the worker's end is gone, or an earlier send was cancelled part-way
+                through its frame (what follows could not be read as frames any more).
         """
+        while self._sending is not None:
+            await self._sending.wait()
+        if self.cut_short:
+            raise ChannelClosed
         parts, total = encode_frame(kind, payload)
-        sent = 0
-        while True:
-            try:
-                # Usually one syscall writes the whole frame and we never wait.
-                sent += (
-                    os.write(self._fd, unsent(parts, sent)) if sent else os.writev(self._fd, parts)
-                )
-            except BlockingIOError:
-                pass
-            except (BrokenPipeError, ConnectionResetError, OSError) as error:
-                raise ChannelClosed from error
-            if sent >= total:
-                return
-            await anyio.wait_writable(self._fd)
+        # Usually one syscall writes the whole frame and we never wait.
+        sent = self._write(parts, 0)
+        if sent == total:
+            return
+        self._sending = sending = anyio.Event()
+        try:
+            while sent < total:
+                await anyio.wait_writable(self._fd)
+                sent += self._write(parts, sent)
+        except BaseException:
+            self.cut_short = sent > 0
+            raise
+        finally:
+            self._sending = None
+            sending.set()
+
+    def _write(self, parts: list[bytes], sent: int) -> int:
+        try:
+            return os.write(self._fd, unsent(parts, sent)) if sent else os.writev(self._fd, parts)
+        except BlockingIOError:
+            return 0
+        except (BrokenPipeError, ConnectionResetError, OSError) as error:
+            raise ChannelClosed from error
 
     async def receive(self) -> tuple[int, bytes | bytearray]:
         """Wait for the next frame: its kind and its payload.

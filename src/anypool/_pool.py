@@ -15,14 +15,16 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from multiprocessing.context import BaseContext
 from types import TracebackType
-from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar, overload
 
 import anyio
 import anyio.to_thread
 
 from . import _protocol as protocol
 from ._channel import ChannelClosed
+from ._child.duplex import AsyncChannelEnd, ChannelEnd
 from ._cpu import cpu_count
+from ._duplex import Channel
 from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
 from ._eventloop import checkpoint, current_library, spawn_detached
 from ._map import MapResults
@@ -286,6 +288,35 @@ class _PoolCore:
             replacement = await self.start_worker()
         return replacement
 
+    async def open_session(self, kind: int, payload: bytes) -> WorkerHandle:
+        """A worker that was sent ``payload`` as a ``kind`` message, which starts a stream or a
+        channel: a call that runs until :meth:`end_session`."""
+        self.accepted += 1
+        worker: WorkerHandle | None = None
+        try:
+            worker = await self.acquire()
+            self.calls_running += 1
+            await worker.channel.send(kind, payload)
+        except BaseException:
+            if worker is not None:
+                self.calls_running -= 1
+                await self.stop_busy(worker, terminate=True)
+            self.call_finished()
+            raise
+        return worker
+
+    def end_session(self, *, failed: bool | None) -> None:
+        """Account for the end of a stream or a channel; ``failed`` is ``None`` when the
+        caller ended it early."""
+        self.calls_running -= 1
+        if failed is None:
+            self.calls_cancelled += 1
+        elif failed:
+            self.calls_failed += 1
+        else:
+            self.calls_completed += 1
+        self.call_finished()
+
     def call_finished(self) -> None:
         self.accepted -= 1
         if self.accepted == 0 and self.all_done is not None:
@@ -300,7 +331,7 @@ class _PoolCore:
         try:
             await worker.channel.send(protocol.CALL, payload)
             sent = True
-            kind, body = await worker.channel.receive()
+            kind, body = await worker.receive()
         except ChannelClosed:
             self.calls_running -= 1
             # The pipe closed under a call, so the worker is exiting: wait for its exit status.
@@ -349,7 +380,7 @@ class _PoolCore:
 
         async def drain() -> None:
             try:
-                kind, _ = await worker.channel.receive()
+                kind, _ = await worker.receive()
             except ChannelClosed:
                 await self.stop_busy(worker, terminate=False)
             except BaseException:
@@ -530,7 +561,8 @@ class Pool:
                 ``False``: the caller is cancelled at once, the worker finishes the call, the
                 result is discarded and the worker is reused. (:meth:`run` and :meth:`map`.)
             buffer: how many items a generator run by :meth:`stream` may make ahead of the
-                items its consumer took (default 64).
+                items its consumer took, and how many items each side of a channel from
+                :meth:`open_channel` may send ahead of the other side (default 64).
 
         Options travel apart from the arguments of ``run`` and ``stream``, so they never clash
         with the keyword arguments of the function called.
@@ -637,6 +669,36 @@ class Pool:
         ``kill_grace`` is killed. The generator's exception is raised after the items before it.
         """
         return StreamResults(self._core, self._options, fn, args, kwargs)
+
+    @overload
+    def open_channel(
+        self,
+        fn: Callable[Concatenate[AsyncChannelEnd, P], Awaitable[object]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Channel: ...
+
+    @overload
+    def open_channel(
+        self, fn: Callable[Concatenate[ChannelEnd, P], object], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Channel: ...
+
+    def open_channel(
+        self, fn: Callable[Concatenate[Any, P], object], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Channel:
+        """Call ``fn(channel_end, *args, **kwargs)`` in a worker, with a two-way channel to it.
+
+        Use ``async with pool.open_channel(fn, ...) as channel``: the block starts the worker,
+        and leaving it closes the channel (see :meth:`Channel.aclose`), or kills the worker if
+        it is left by an exception or a cancellation, as for :meth:`run`.
+
+        ``channel_end`` is a :class:`ChannelEnd` (blocking ``send``, ``recv``, ``poll`` and
+        iteration, as an end of :func:`multiprocessing.Pipe`), or an :class:`AsyncChannelEnd`
+        (the same, awaitable) when ``fn`` is an ``async def``. Each direction holds at most
+        ``buffer`` items (see :meth:`with_options`) that the other side has not taken.
+        """
+        return Channel(self._core, self._options, fn, args, kwargs)
 
     def close(self) -> None:
         """Accept no more calls. Calls already accepted go on; see :meth:`join`."""

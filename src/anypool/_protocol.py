@@ -10,10 +10,18 @@ Parent to worker:
     STREAM      a pickled tuple ``(fn, args, kwargs, event_loop, buffer)``: run the generator
                 ``fn(*args, **kwargs)`` and send its items, at most ``buffer`` ahead of CREDIT.
     CREDIT      a COUNT: the parent took that many more items of the stream.
-    CLOSE       empty: close the stream's generator (GeneratorExit) and finish with RESULT.
+    CLOSE       empty: close the stream's generator (GeneratorExit) and finish with RESULT;
+                for a channel: the parent takes nothing more (and sends nothing more).
+    OPEN        a pickled tuple ``(fn, args, kwargs, event_loop, buffer)``: call
+                ``fn(channel_end, *args, **kwargs)``; then ITEM and CREDIT flow both ways.
+    EOF         empty: the parent sends no more ITEMs on the channel.
+    QUEUE_REPLY a REPLY status, then what a queue request returns (a pickled item for a get).
 Worker to parent:
-    RESULT      the pickled return value of a call; ends a stream too.
-    ITEM        one pickled item of a stream.
+    RESULT      the pickled return value of a call; ends a stream or a channel too.
+    ITEM        one pickled item of a stream, or of a channel (both ways).
+    CREDIT      (channel) the worker took that many more items; the first one says it started.
+    QUEUE_PUT   a QUEUE_REQUEST, then a pickled item: put it in a queue of the parent.
+    QUEUE_GET   a QUEUE_REQUEST: take an item from a queue of the parent.
     ERROR       a pickled :class:`ErrorReport`: the call raised.
     INIT_FAILED a pickled :class:`ErrorReport`: the pool's initializer raised; the worker exits.
     RETIRING    empty: the worker was idle for ``idle_timeout`` and exits without reading
@@ -32,10 +40,17 @@ __all__ = [
     "CLOSE",
     "COUNT",
     "CREDIT",
+    "EOF",
     "ERROR",
     "HEADER",
     "INIT_FAILED",
     "ITEM",
+    "OPEN",
+    "QUEUE_GET",
+    "QUEUE_PUT",
+    "QUEUE_REPLY",
+    "QUEUE_REQUEST",
+    "REPLY",
     "RESULT",
     "RETIRING",
     "STREAM",
@@ -57,8 +72,25 @@ STREAM: Final = 6
 CREDIT: Final = 7
 CLOSE: Final = 8
 ITEM: Final = 9
+OPEN: Final = 10
+EOF: Final = 11
+QUEUE_PUT: Final = 12
+QUEUE_GET: Final = 13
+QUEUE_REPLY: Final = 14
 
 COUNT: Final = struct.Struct("<Q")
+
+QUEUE_REQUEST: Final = struct.Struct("<Q?d")
+"""A queue request: the queue's id, whether to wait, and for how long at most (``-1.0``: no
+limit). A put's pickled item follows."""
+
+REPLY: Final = struct.Struct("<B")
+"""The status of a queue request, one of the ``REPLY_*`` values; a get's item follows ``OK``."""
+REPLY_OK: Final = 0
+REPLY_FULL: Final = 1
+REPLY_EMPTY: Final = 2
+REPLY_CLOSED: Final = 3
+REPLY_GONE: Final = 4
 
 
 def encode_frame(kind: int, payload: bytes) -> tuple[list[bytes], int]:

@@ -20,7 +20,15 @@ import cloudpickle
 from ._errors import RemoteError, RemoteTraceback, SerializationError
 from ._protocol import ErrorReport
 
-__all__ = ["describe", "dumps", "dumps_call_arguments", "load_error", "load_result", "loads"]
+__all__ = [
+    "describe",
+    "dumps",
+    "dumps_call_arguments",
+    "dumps_item",
+    "load_error",
+    "load_result",
+    "loads",
+]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -117,6 +125,18 @@ def dumps_call_arguments(
         raise SerializationError(
             f"could not pickle {what} ({describe(culprit)}) for a call to {describe(fn)}: {error}"
         ) from error
+
+
+def dumps_item(item: object, purpose: str) -> bytes:
+    """Pickle ``item``, one of many values on their way (``purpose`` says where, for errors).
+
+    Raises:
+        SerializationError: naming the item's type.
+    """
+    try:
+        return dumps(item)
+    except Exception as error:
+        raise SerializationError(f"could not pickle {describe(item)} {purpose}: {error}") from error
 
 
 def _find_unpicklable(

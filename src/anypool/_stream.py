@@ -134,14 +134,12 @@ class _Stream:
                 await worker.channel.send(protocol.CLOSE, b"")
                 # Items already on their way are dropped; the generator's end confirms it closed.
                 with anyio.fail_after(core.kill_grace):
-                    while (await worker.channel.receive())[0] == protocol.ITEM:
+                    while (await worker.receive())[0] == protocol.ITEM:
                         pass
             except (TimeoutError, ChannelClosed):
                 await core.stop_busy(worker, terminate=True)
             else:
                 self._release(worker)
-        if failed is None:
-            core.calls_cancelled += 1
         self._finish(failed=failed)
 
     def abandon(self) -> None:
@@ -159,20 +157,9 @@ class _Stream:
             event_loop = current_library()
             call = (self._fn, self._args, self._kwargs, event_loop, self._options.buffer)
             self._payload = dumps_call_arguments(call, self._fn, self._args, self._kwargs)
+            self._worker = await core.open_session(protocol.STREAM, self._payload)
         except BaseException:
             self._done = True
-            raise
-        core.accepted += 1
-        try:
-            self._worker = worker = await core.acquire()
-            core.calls_running += 1
-            await worker.channel.send(protocol.STREAM, self._payload)
-        except BaseException:
-            if self._worker is not None:
-                core.calls_running -= 1
-                await core.stop_busy(self._worker, terminate=True)
-            self._done = True
-            core.call_finished()
             raise
 
     async def _receive(self) -> tuple[int, bytes | bytearray]:
@@ -181,12 +168,12 @@ class _Stream:
         if self._unacknowledged >= self._credit_batch:
             count, self._unacknowledged = self._unacknowledged, 0
             await worker.channel.send(protocol.CREDIT, protocol.COUNT.pack(count))
-        kind, body = await worker.channel.receive()
+        kind, body = await worker.receive()
         while kind == protocol.RETIRING:
             # The worker retired before it read the stream: start it on another one.
             self._worker = worker = await self._core.replace_retired(worker)
             await worker.channel.send(protocol.STREAM, self._payload)
-            kind, body = await worker.channel.receive()
+            kind, body = await worker.receive()
         return kind, body
 
     def _release(self, worker: WorkerHandle) -> None:
@@ -196,10 +183,4 @@ class _Stream:
     def _finish(self, *, failed: bool | None) -> None:
         """Account for the end of the stream: ``failed`` is ``None`` when it was cancelled."""
         self._done = True
-        core = self._core
-        core.calls_running -= 1
-        if failed is True:
-            core.calls_failed += 1
-        elif failed is False:
-            core.calls_completed += 1
-        core.call_finished()
+        self._core.end_session(failed=failed)

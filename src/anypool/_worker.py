@@ -12,8 +12,10 @@ from multiprocessing.process import BaseProcess
 
 import anyio
 
+from . import _protocol as protocol
 from ._channel import MessageChannel
 from ._child.worker import main as worker_main
+from ._queue import serve_request
 
 __all__ = ["WorkerHandle"]
 
@@ -40,7 +42,7 @@ class WorkerHandle:
     and only the owner waits on its pipe or its exit: anyio allows one waiter per descriptor.
     """
 
-    __slots__ = ("_process", "calls", "channel", "exitcode", "pid")
+    __slots__ = ("_process", "calls", "channel", "exitcode", "pid", "queue_request")
 
     def __init__(self, process: BaseProcess, channel: MessageChannel) -> None:
         self._process = process
@@ -49,6 +51,8 @@ class WorkerHandle:
         self.calls = 0
         self.exitcode: int | None = None
         """The exit status once the process has been reaped, else ``None``."""
+        self.queue_request: tuple[int, bytes | bytearray] | None = None
+        """A queue request of the worker's that is not answered yet."""
 
     @classmethod
     def start(cls, context: BaseContext, config_blob: bytes) -> WorkerHandle:
@@ -76,6 +80,21 @@ class WorkerHandle:
         finally:
             child_end.close()
         return cls(process, channel)
+
+    async def receive(self) -> tuple[int, bytes | bytearray]:
+        """The worker's next message about its call; the queue requests it makes meanwhile
+        are answered as they come. Cancellation loses nothing.
+
+        Raises:
+            ChannelClosed: the worker's end of the pipe closed.
+        """
+        while True:
+            if self.queue_request is None:
+                frame = await self.channel.receive()
+                if frame[0] != protocol.QUEUE_PUT and frame[0] != protocol.QUEUE_GET:
+                    return frame
+                self.queue_request = frame
+            await serve_request(self)
 
     def close_pipe(self) -> None:
         """Close the parent's end: an idle worker exits when it sees end-of-file."""

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import select
+import inspect
 import signal
-import socket
-import struct
 import time
 import traceback
 import types
@@ -17,58 +14,12 @@ from typing import Any
 
 from .. import _protocol as protocol
 from .._errors import SerializationError
-from .._serialize import describe, dumps, loads
+from .._serialize import describe, dumps, dumps_item, loads
+from .duplex import AsyncChannelEnd, ChannelEnd, ChannelState, run_blocking
 from .lifeline import die_with_parent
+from .pipe import Pipe
 
 __all__ = ["main"]
-
-
-class _Pipe:
-    """Blocking, framed messages over the worker's end of its pipe."""
-
-    def __init__(self, fd: int, idle_timeout: float | None) -> None:
-        self._fd = fd
-        self._reader = protocol.FrameReader()
-        self._poller = select.poll()
-        self._poller.register(fd, select.POLLIN)
-        if idle_timeout is not None:
-            # A read that waits this long fails with EAGAIN: the idle timeout costs no syscall
-            # per call (the pipe is a socket pair).
-            seconds = int(idle_timeout)
-            timeval = struct.pack("ll", seconds, int((idle_timeout - seconds) * 1e6))
-            with socket.socket(fileno=fd) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-                sock.detach()
-
-    def receive(self) -> tuple[int, bytes | bytearray] | None:
-        """The next message, or ``None`` at end-of-file.
-
-        Raises:
-            TimeoutError: no message started to arrive within ``idle_timeout``.
-        """
-        reader = self._reader
-        while (frame := reader.next_frame()) is None:
-            try:
-                count = os.readv(self._fd, [reader.free_space()])
-            except BlockingIOError:
-                if reader.partial:
-                    continue
-                raise TimeoutError from None
-            if count == 0:
-                return None
-            reader.advance(count)
-        return frame
-
-    def pending(self) -> bool:
-        """Whether a message (or end-of-file) is waiting to be received."""
-        return self._reader.partial or bool(self._poller.poll(0))
-
-    def send(self, kind: int, payload: bytes) -> None:
-        parts, total = protocol.encode_frame(kind, payload)
-        sent = os.writev(self._fd, parts)
-        while sent < total:
-            # A blocking write returns early only when interrupted; resume where it stopped.
-            sent += os.write(self._fd, protocol.unsent(parts, sent))
 
 
 def main(connection: Connection, config_blob: bytes) -> None:
@@ -80,10 +31,10 @@ def main(connection: Connection, config_blob: bytes) -> None:
     config: protocol.WorkerConfig = loads(config_blob)
     # BrokenPipeError: the parent closed its end without waiting for us; nobody is left to tell.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        _serve(_Pipe(fd, config.idle_timeout), config)
+        _serve(Pipe(fd, config.idle_timeout), config)
 
 
-def _serve(pipe: _Pipe, config: protocol.WorkerConfig) -> None:
+def _serve(pipe: Pipe, config: protocol.WorkerConfig) -> None:
     if config.initializer is not None:
         try:
             config.initializer(*config.initargs)
@@ -104,7 +55,9 @@ def _serve(pipe: _Pipe, config: protocol.WorkerConfig) -> None:
             _stream(pipe, payload)
         elif kind == protocol.CALL:
             pipe.send(*_run(payload))
-        # Otherwise a CREDIT or CLOSE for a stream that had already ended as it was sent.
+        elif kind == protocol.OPEN:
+            _open(pipe, payload)
+        # Otherwise a message for a stream or a channel that had already ended as it was sent.
 
 
 def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
@@ -113,6 +66,12 @@ def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
         result = _call(fn, args, kwargs, event_loop)
     except BaseException as error:
         return protocol.ERROR, _report(error)
+    return _outcome(fn, result)
+
+
+def _outcome(fn: Any, result: Any) -> tuple[int, bytes]:
+    """The RESULT message for what ``fn`` returned, or the ERROR that says why it cannot be
+    pickled."""
     try:
         return protocol.RESULT, dumps(result)
     except Exception as error:
@@ -121,7 +80,28 @@ def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
         return protocol.ERROR, _report(failure)
 
 
-def _stream(pipe: _Pipe, payload: bytes | bytearray) -> None:
+def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
+    """Call ``fn(channel_end, *args, **kwargs)`` and send its outcome once it returns."""
+    channel: ChannelState | None = None
+    try:
+        fn, args, kwargs, event_loop, buffer = loads(payload)
+        channel = ChannelState(pipe, buffer)
+        run_blocking(pipe, channel.start(buffer))
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+        end = AsyncChannelEnd(channel, event_loop) if is_async else ChannelEnd(channel)
+        outcome = _outcome(fn, _call(fn, (end, *args), kwargs, event_loop))
+    except BaseException as error:
+        outcome = protocol.ERROR, _report(error)
+    if channel is None:
+        pipe.send(*outcome)
+        return
+    if channel.closed:
+        # The parent closed the channel and discards the outcome (an error it caused, often).
+        outcome = protocol.RESULT, dumps(None)
+    run_blocking(pipe, channel.write(*outcome))
+
+
+def _stream(pipe: Pipe, payload: bytes | bytearray) -> None:
     """Send the items of a generator as it makes them, at most ``buffer`` ahead of the
     parent's credit, until it ends, fails, or the parent asks to close it."""
     try:
@@ -149,7 +129,7 @@ def _start_generator(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 class _Credit:
     """How many more items the parent will take; its messages are read between items."""
 
-    def __init__(self, pipe: _Pipe, buffer: int) -> None:
+    def __init__(self, pipe: Pipe, buffer: int) -> None:
         self._pipe = pipe
         self._available = buffer
 
@@ -167,7 +147,7 @@ class _Credit:
         return True
 
 
-def _drive_generator(pipe: _Pipe, generator: Any, credit: _Credit) -> None:
+def _drive_generator(pipe: Pipe, generator: Any, credit: _Credit) -> None:
     while credit.take():
         try:
             item = next(generator)
@@ -191,7 +171,7 @@ def _drive_generator(pipe: _Pipe, generator: Any, credit: _Credit) -> None:
     pipe.send(protocol.RESULT, dumps(None))
 
 
-async def _drive_async_generator(pipe: _Pipe, generator: Any, credit: _Credit) -> None:
+async def _drive_async_generator(pipe: Pipe, generator: Any, credit: _Credit) -> None:
     while credit.take():
         try:
             item = await generator.__anext__()
@@ -216,13 +196,9 @@ async def _drive_async_generator(pipe: _Pipe, generator: Any, credit: _Credit) -
 def _pickle_item(item: Any, generator: Any) -> tuple[int, bytes]:
     """The ITEM message for ``item``, or the ERROR that says why it cannot be pickled."""
     try:
-        return protocol.ITEM, dumps(item)
-    except Exception as error:
-        failure = SerializationError(
-            f"could not pickle an item yielded by {generator.__qualname__}: {error}"
-        )
-        failure.__cause__ = error
-        return protocol.ERROR, _report(failure)
+        return protocol.ITEM, dumps_item(item, f"yielded by {generator.__qualname__}")
+    except SerializationError as error:
+        return protocol.ERROR, _report(error)
 
 
 def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event_loop: str) -> Any:

@@ -1,0 +1,155 @@
+"""The worker's end of its pipe to the parent: framed messages, blocking or step by step."""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import socket
+import struct
+import threading
+from collections import deque
+
+from .. import _protocol as protocol
+
+__all__ = ["Pipe", "current"]
+
+Frame = tuple[int, bytes | bytearray]
+
+_current: Pipe | None = None
+
+
+def current() -> Pipe:
+    """The pipe of this worker process, for the objects a call receives (queues, channels).
+
+    Raises:
+        RuntimeError: not called in a worker, or not from the thread that runs the call.
+    """
+    pipe = _current
+    if pipe is None:
+        raise RuntimeError("only usable in a call running in an anypool worker")
+    if threading.get_ident() != pipe.thread:
+        # A reply meant for one thread could otherwise be read by another.
+        raise RuntimeError("only usable from the thread that runs the call")
+    return pipe
+
+
+class Pipe:
+    """Framed messages over the worker's end of its pipe (a socket pair).
+
+    Frames that arrive while the worker waits for something else (a queue's reply, room to
+    write) wait in a backlog, in order, for whoever receives next.
+    """
+
+    def __init__(self, fd: int, idle_timeout: float | None) -> None:
+        global _current
+        self.fd = fd
+        self.thread = threading.get_ident()
+        self._reader = protocol.FrameReader()
+        self._backlog: deque[Frame] = deque()
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLIN)
+        # A socket object of our own for flags that os.read/os.write lack (MSG_DONTWAIT).
+        self._socket = socket.socket(fileno=os.dup(fd))
+        if idle_timeout is not None:
+            # A read that waits this long fails with EAGAIN: the idle timeout costs no syscall
+            # per call.
+            seconds = int(idle_timeout)
+            timeval = struct.pack("ll", seconds, int((idle_timeout - seconds) * 1e6))
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        _current = self
+
+    def receive(self) -> Frame | None:
+        """The next message, or ``None`` at end-of-file.
+
+        Raises:
+            TimeoutError: no message started to arrive within ``idle_timeout``.
+        """
+        if self._backlog:
+            return self._backlog.popleft()
+        return self._read_frame()
+
+    def _read_frame(self) -> Frame | None:
+        """The next message from the pipe itself (past the backlog), or ``None`` at end-of-file."""
+        reader = self._reader
+        while (frame := reader.next_frame()) is None:
+            try:
+                count = os.readv(self.fd, [reader.free_space()])
+            except BlockingIOError:
+                if reader.partial:
+                    continue
+                raise TimeoutError from None
+            if count == 0:
+                return None
+            reader.advance(count)
+        return frame
+
+    def pending(self) -> bool:
+        """Whether a message (or end-of-file) is waiting to be received."""
+        return bool(self._backlog) or self._reader.partial or bool(self._poller.poll(0))
+
+    def send(self, kind: int, payload: bytes) -> None:
+        """Send one frame, blocking until it is written."""
+        parts, total = protocol.encode_frame(kind, payload)
+        sent = os.writev(self.fd, parts)
+        while sent < total:
+            # A blocking write returns early only when interrupted; resume where it stopped.
+            sent += os.write(self.fd, protocol.unsent(parts, sent))
+
+    def request(self, kind: int, payload: bytes) -> bytes | bytearray:
+        """Send a request to the parent and wait for its reply (a QUEUE_REPLY payload).
+
+        Raises:
+            BrokenPipeError: the parent closed the pipe.
+        """
+        self.send(kind, payload)
+        while True:
+            try:
+                # The backlog holds older frames, never the reply.
+                frame = self._read_frame()
+            except TimeoutError:  # the idle timeout; a call waiting for a reply is busy
+                continue
+            if frame is None:
+                raise BrokenPipeError("the pool closed the worker's pipe")
+            if frame[0] == protocol.QUEUE_REPLY:
+                return frame[1]
+            self._backlog.append(frame)
+
+    # Without blocking, for loops that wait for the pipe themselves (see _child/duplex.py).
+
+    def take_frame(self) -> Frame | None:
+        """A message that has arrived in full, without reading the pipe."""
+        if self._backlog:
+            return self._backlog.popleft()
+        return self._reader.next_frame()
+
+    def read_available(self) -> bool:
+        """Read what has arrived without waiting; ``False`` at end-of-file."""
+        reader = self._reader
+        try:
+            count = self._socket.recv_into(reader.free_space(), 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        if count == 0:
+            return False
+        reader.advance(count)
+        # Keep the reader's buffer free for what comes next: complete frames wait in the backlog.
+        while (frame := reader.next_frame()) is not None:
+            self._backlog.append(frame)
+        return True
+
+    def write_available(self, parts: list[bytes], offset: int) -> int:
+        """Write what the pipe takes now of ``parts`` past ``offset``; the count written."""
+        try:
+            if offset:
+                return self._socket.send(protocol.unsent(parts, offset), socket.MSG_DONTWAIT)
+            return self._socket.sendmsg(parts, (), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+
+    def wait(self, events: int, timeout: float | None = None) -> None:
+        """Block until the pipe is ready for ``events`` (``select.POLLIN`` / ``POLLOUT``), or
+        ``timeout`` seconds have passed."""
+        poller = select.poll()
+        poller.register(self.fd, events)
+        poller.poll(None if timeout is None else math.ceil(timeout * 1000))

@@ -1,0 +1,198 @@
+"""``anypool.Queue``: a queue in the parent that calls running in workers put to and get from."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import queue
+import weakref
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+
+from . import _protocol as protocol
+from ._child.queue import WorkerQueue
+from ._errors import SerializationError
+from ._serialize import dumps_item, loads
+
+if TYPE_CHECKING:
+    from ._worker import WorkerHandle
+
+__all__ = ["Queue", "serve_request"]
+
+T = TypeVar("T")
+
+_OK: bytes = protocol.REPLY.pack(protocol.REPLY_OK)
+
+# The queues that workers may ask for, by id: a call carries the id, not the queue.
+_queues: weakref.WeakValueDictionary[int, Queue[Any]] = weakref.WeakValueDictionary()
+_ids = itertools.count(1)
+
+
+class Queue(Generic[T]):
+    """A FIFO queue that the parent awaits and calls running in workers use, blocking.
+
+    Pass it as an argument (or inside one) to :meth:`Pool.run`, :meth:`Pool.map`,
+    :meth:`Pool.stream` or :meth:`Pool.open_channel`: in the worker it has ``put``, ``get``,
+    their ``_nowait`` forms and iteration, as :class:`multiprocessing.Queue`. The items stay in
+    this process and travel over the workers' own pipes: there is no feeder thread, no lock
+    shared between processes, and a worker killed mid-``put`` cannot leave the queue broken.
+
+    Args:
+        maxsize: the most items the queue holds; ``put`` waits for room beyond it. ``0`` (the
+            default) or less: no limit.
+
+    :meth:`close` ends it: puts fail, and gets return the remaining items, then signal the end.
+    """
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self.maxsize = maxsize
+        self._send, self._receive = anyio.create_memory_object_stream[bytes](
+            maxsize if maxsize > 0 else math.inf
+        )
+        self._id = next(_ids)
+        _queues[self._id] = self
+
+    async def put(self, item: T) -> None:
+        """Put ``item`` in the queue, waiting while it is full.
+
+        Raises:
+            anyio.ClosedResourceError: the queue is closed.
+            SerializationError: ``item`` cannot be pickled (every item is, as it is put).
+        """
+        await self._send.send(dumps_item(item, "put in an anypool.Queue"))
+
+    def put_nowait(self, item: T) -> None:
+        """Put ``item`` in the queue if it has room.
+
+        Raises:
+            queue.Full: it has none.
+            anyio.ClosedResourceError: the queue is closed.
+        """
+        try:
+            self._send.send_nowait(dumps_item(item, "put in an anypool.Queue"))
+        except anyio.WouldBlock:
+            raise queue.Full from None
+
+    async def get(self) -> T:
+        """Take the next item, waiting for one.
+
+        Raises:
+            anyio.EndOfStream: the queue is closed and empty.
+        """
+        return self._load(await self._receive.receive())
+
+    def get_nowait(self) -> T:
+        """Take the next item if there is one.
+
+        Raises:
+            queue.Empty: there is none.
+            anyio.EndOfStream: the queue is closed and empty.
+        """
+        try:
+            return self._load(self._receive.receive_nowait())
+        except anyio.WouldBlock:
+            raise queue.Empty from None
+
+    def close(self) -> None:
+        """Accept no more items; once the remaining ones are taken, gets signal the end
+        (``anyio.EndOfStream`` here, ``EOFError`` in a worker). Idempotent."""
+        self._send.close()
+
+    def qsize(self) -> int:
+        """The number of items in the queue."""
+        return self._send.statistics().current_buffer_used
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= self.qsize()
+
+    def __aiter__(self) -> Queue[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        """The next item; the iteration ends once the queue is closed and empty."""
+        try:
+            return await self.get()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def __reduce__(self) -> tuple[type[WorkerQueue[T]], tuple[int, int]]:
+        # What a worker receives: a handle that asks this process for each operation.
+        return WorkerQueue, (self._id, self.maxsize)
+
+    def __del__(self) -> None:
+        # The streams warn when collected open; a queue needs no closing.
+        with contextlib.suppress(AttributeError):
+            self._send.close()
+            self._receive.close()
+
+    def __repr__(self) -> str:
+        return f"<anypool.Queue maxsize={self.maxsize} qsize={self.qsize()}>"
+
+    @staticmethod
+    def _load(data: bytes) -> T:
+        try:
+            item: T = loads(data)
+        except Exception as error:
+            raise SerializationError(
+                f"could not unpickle an item of an anypool.Queue: {error}"
+            ) from error
+        return item
+
+    # --- what workers ask for ------------------------------------------------------------------
+
+    async def _serve_put(self, data: bytes, block: bool, timeout: float) -> bytes:
+        try:
+            if not block:
+                self._send.send_nowait(data)
+                return _OK
+            with anyio.move_on_after(math.inf if timeout < 0 else timeout):
+                await self._send.send(data)
+                return _OK
+        except anyio.WouldBlock:
+            pass
+        except anyio.ClosedResourceError:
+            return protocol.REPLY.pack(protocol.REPLY_CLOSED)
+        return protocol.REPLY.pack(protocol.REPLY_FULL)
+
+    async def _serve_get(self, block: bool, timeout: float) -> bytes:
+        try:
+            if not block:
+                return _OK + self._receive.receive_nowait()
+            with anyio.move_on_after(math.inf if timeout < 0 else timeout):
+                return _OK + await self._receive.receive()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            return protocol.REPLY.pack(protocol.REPLY_CLOSED)
+        return protocol.REPLY.pack(protocol.REPLY_EMPTY)
+
+
+Queue.__module__ = "anypool"
+
+
+async def serve_request(worker: WorkerHandle) -> None:
+    """Answer the queue request the worker is waiting on (``worker.queue_request``), once it
+    can be answered.
+
+    If this is cancelled before the reply is sent, the request stays in ``worker.queue_request``
+    for whoever reads the worker's pipe next.
+    """
+    assert worker.queue_request is not None
+    kind, body = worker.queue_request
+    queue_id, block, timeout = protocol.QUEUE_REQUEST.unpack_from(body)
+    target = _queues.get(queue_id)
+    if target is None:
+        reply = protocol.REPLY.pack(protocol.REPLY_GONE)
+    elif kind == protocol.QUEUE_PUT:
+        reply = await target._serve_put(bytes(body[protocol.QUEUE_REQUEST.size :]), block, timeout)
+    else:
+        reply = await target._serve_get(block, timeout)
+    worker.queue_request = None
+    # The worker reads while it waits for the reply, so this write finishes.
+    with anyio.CancelScope(shield=True):
+        await worker.channel.send(protocol.QUEUE_REPLY, reply)
