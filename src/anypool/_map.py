@@ -7,7 +7,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
@@ -52,26 +52,45 @@ class _Signal:
 class MapResults(ResultIterator[T]):
     """The results of :meth:`Pool.map`, as an async iterator and an async context manager.
 
-    Input is taken from the iterable by a background task, at most ``max_in_flight`` items
-    ahead of the results handed out. Leaving ``async with``, :meth:`aclose`, or dropping the
-    last reference to this object cancels the calls still running, killing their workers as a
-    cancelled :meth:`Pool.run` does.
+    Input is taken from the iterable by a background task, a chunk at a time, at most
+    ``max_in_flight`` items ahead of the results handed out. Leaving ``async with``,
+    :meth:`aclose`, or dropping the last reference to this object cancels the calls still
+    running, killing their workers as a cancelled :meth:`Pool.run` does.
     """
 
-    __slots__ = ()
+    __slots__ = ("_run",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(_MapRun(*args, **kwargs))
+        self._run = _MapRun(*args, **kwargs)
+        super().__init__(self._run)
 
     async def __anext__(self) -> T:
-        # The fast path, for every result of a chunk but its last: nothing else to update.
-        run = cast(_MapRun, self._source)
-        if len(run.current) > 1 and run.current[0][0]:
-            result: T = run.current.popleft()[1]
-            run.handed_out(1)
-            return result
-        result = await run.next()
+        # The fast path, for all results but the first of each run of successes in a chunk:
+        # one C-level next(); the bookkeeping is done per chunk.
+        try:
+            result: T = next(self._run.ready)
+        except StopIteration:
+            result = await self._run.next()
         return result
+
+
+class _Failure:
+    """An item's exception, in its place among the results."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Last:
+    """The last result of a chunk: handed out by the slow path, which accounts for the chunk
+    (the fast path never learns that an iterator just gave its last item)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 class _MapRun:
@@ -112,11 +131,14 @@ class _MapRun:
         self._taken = 0
         self._chunks_sent = 0
         self._chunks_running = 0
-        # Finished chunks by index: their outcomes and how many items they took.
-        self._finished: dict[int, tuple[list[tuple[bool, Any]], int]] = {}
+        # Finished chunks by index: their results, the positions of failures among them, and
+        # how many items they took.
+        self._finished: dict[int, tuple[list[Any], list[int], int]] = {}
         self._next_index = 0
-        self.current: deque[tuple[bool, Any]] = deque()
-        self.current_unreported = 0
+        # The chunk being handed out: runs of results, and the exceptions between them.
+        self.ready: Iterator[Any] = iter(())
+        self._parts: deque[Iterator[Any] | _Failure | _Last] = deque()
+        self._current_size = 0
         self._input_error: BaseException | None = None
         self._input_done = False
         self._changed = _Signal()
@@ -133,16 +155,22 @@ class _MapRun:
             raise StopAsyncIteration
         self.start()
         while True:
-            if self.current:
-                ok, value = self.current.popleft()
-                self.handed_out(1)
-                if not self.current:
-                    # A chunk that stopped at its first error took more items than it returned.
-                    self.handed_out(self.current_unreported)
-                if ok or self._return_exceptions:
+            if self._parts:
+                part = self._parts.popleft()
+                if isinstance(part, (_Failure, _Last)):
+                    if not self._parts:
+                        # The chunk's last item: its items leave the count in flight.
+                        self.handed_out(self._current_size)
+                    if isinstance(part, _Last):
+                        return part.value
+                    if self._return_exceptions:
+                        return part.error
+                    await self.aclose()
+                    raise part.error
+                self.ready = part
+                for value in part:
                     return value
-                await self.aclose()
-                raise value
+                continue
             if self._take_finished_chunk():
                 continue
             if self._input_done and not self._chunks_running:
@@ -157,7 +185,8 @@ class _MapRun:
         if self._closed:
             return
         self._closed = True
-        self.current.clear()
+        self.ready = iter(())
+        self._parts.clear()
         self._progress.close()
         if self._stopped is not None:
             self._scope.cancel()
@@ -194,14 +223,23 @@ class _MapRun:
         if entry is None:
             return False
         self._next_index += 1
-        outcomes, size = entry
-        for ok, value in outcomes:
+        results, failures, self._current_size = entry
+        parts = self._parts
+        start = 0
+        for position in failures:
+            if position > start:
+                parts.append(iter(results[start:position]))
             # A worker reports an item's exception pickled; a chunk's own failure is local.
-            failure = load_error(value) if not ok and isinstance(value, bytes) else value
-            self.current.append((ok, failure))
-        self.current_unreported = size - len(outcomes)
-        if not outcomes:
-            self.handed_out(size)
+            error = results[position]
+            parts.append(_Failure(load_error(error) if isinstance(error, bytes) else error))
+            start = position + 1
+        last = len(results) - 1
+        if start < last:
+            parts.append(iter(results[start:last] if start else results[:last]))
+        if start <= last:
+            parts.append(_Last(results[last]))
+        if not parts:
+            self.handed_out(self._current_size)
         return True
 
     def handed_out(self, count: int) -> None:
@@ -235,23 +273,33 @@ class _MapRun:
         if isinstance(iterable, AsyncIterable):
             async_items = aiter(iterable)
         else:
-            sync_items = self._until_error(iterable)
+            sync_items = iter(iterable)
         chunk: list[Any] = []
         exhausted = False
         while not exhausted:
-            if len(chunk) >= self._chunksize or (chunk and self._taken >= self._max_in_flight):
+            full = min(self._chunksize, self._max_in_flight)
+            if len(chunk) >= full:
                 await self._start_chunk(group, chunk)
                 chunk = []
                 continue
-            if self._taken >= self._max_in_flight:
-                # No room until the consumer takes results.
+            if len(chunk) + self._max_in_flight - self._taken < full:
+                # No room for a full chunk until the consumer takes results. (Waiting for a
+                # full chunk's room, rather than sending the room there is, keeps chunks large
+                # when the consumer is the slower side.)
                 await self._room.wait()
                 continue
-            wanted = min(self._chunksize - len(chunk), self._max_in_flight - self._taken)
+            wanted = full - len(chunk)
             if sync_items is not None:
                 # Take the items in one C-level loop: per-item Python code limits throughput.
-                taken = list(itertools.islice(sync_items, wanted))
-                exhausted = len(taken) < wanted
+                # (list.extend keeps the items taken before the input raised.)
+                taken = []
+                try:
+                    taken.extend(itertools.islice(sync_items, wanted))
+                except Exception as error:
+                    self._input_error = error
+                    exhausted = True
+                else:
+                    exhausted = len(taken) < wanted
             else:
                 assert async_items is not None
                 try:
@@ -265,13 +313,6 @@ class _MapRun:
             self._taken += len(taken)
         if chunk:
             await self._start_chunk(group, chunk)
-
-    def _until_error(self, iterable: Iterable[Any]) -> Iterator[Any]:
-        # An exception from the input ends it; the consumer gets it after the results before it.
-        try:
-            yield from iterable
-        except Exception as error:
-            self._input_error = error
 
     async def _start_chunk(self, group: anyio.abc.TaskGroup, chunk: list[Any]) -> None:
         """Start a chunk's call; return once it has a worker.
@@ -307,19 +348,20 @@ class _MapRun:
             try:
                 payload = dumps_call_arguments(call, self._fn, tuple(chunk), {})
                 # Errors name the user's function, not the chunk runner.
-                outcomes, seconds = await self._core.submit(
+                results, failures, seconds = await self._core.submit(
                     self._fn, payload, self._options, on_admitted=on_admitted
                 )
             except Exception as error:
                 # The chunk as a whole failed (its worker died, an item could not be pickled):
                 # every item it held gets that error.
-                outcomes = [(False, error)] * (1 if stop_at_error else len(chunk))
+                results = [error] * (1 if stop_at_error else len(chunk))
+                failures = list(range(len(results)))
                 if not admitted:
                     task_status.started()
             else:
                 if self._auto:
                     self._resize_chunks(seconds / len(chunk))
-            self._finished[index] = (outcomes, len(chunk))
+            self._finished[index] = (results, failures, len(chunk))
         finally:
             self._chunks_running -= 1
             self._changed.notify()

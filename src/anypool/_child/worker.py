@@ -210,19 +210,30 @@ def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event_loop: st
 
 def apply_to_chunk(
     fn: Any, items: list[Any], event_loop: str, stop_at_error: bool
-) -> tuple[list[tuple[bool, Any]], float]:
-    """Call ``fn(item)`` for each item: the outcomes, as ``(True, result)`` or
-    ``(False, pickled ErrorReport)``, and the seconds it took (for sizing the next chunk)."""
+) -> tuple[list[Any], list[int], float]:
+    """Call ``fn(item)`` for each item: the results, the positions among them of the items that
+    raised (their result is a pickled ErrorReport), and the seconds it took (for sizing the next
+    chunk)."""
     started = time.perf_counter()
-    outcomes: list[tuple[bool, Any]] = []
-    for item in items:
+    results: list[Any] = []
+    failures: list[int] = []
+    append = results.append
+    position = 0
+    while position < len(items):
         try:
-            outcomes.append((True, _call(fn, (item,), {}, event_loop)))
+            # The loop that matters for tiny functions: nothing in it but the call.
+            for item in items[position:] if position else items:
+                result = fn(item)
+                if type(result) is types.CoroutineType:
+                    result = _run_coroutine(result, event_loop)
+                append(result)
         except BaseException as error:
-            outcomes.append((False, _report(error)))
+            failures.append(len(results))
+            append(_report(error))
             if stop_at_error:
                 break
-    return outcomes, time.perf_counter() - started
+        position = len(results)
+    return results, failures, time.perf_counter() - started
 
 
 def _run_coroutine(coroutine: Coroutine[Any, Any, Any], event_loop: str) -> Any:
