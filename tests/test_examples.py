@@ -108,6 +108,20 @@ def test_map_pipeline_consumes_the_async_source_and_shows_progress() -> None:
     assert "2000it" in process.stderr  # the tqdm bar counted every result
 
 
+def test_channel_compress_round_trips_through_the_worker() -> None:
+    output = run_python(EXAMPLES / "channel_compress.py", cwd=ROOT).stdout
+    assert "summary from the worker: {'bytes in': 13107200, 'bytes out': " in output
+    assert "round trip intact: " in output
+
+
+def test_queue_fan_in_gets_every_report_then_ends() -> None:
+    output = run_python(EXAMPLES / "queue_fan_in.py", cwd=ROOT).stdout
+    assert "the search from 100,000 found " in output
+    # 5133 + 4459 + 4256 primes in the three ranges: a report per hundred in each.
+    assert "reports received: 137" in output
+    assert "primes below 150,000: 13848" in output
+
+
 @pytest.mark.parametrize("code", program_params(README))
 def test_readme_program_runs(code: str, tmp_path: Path) -> None:
     run_program(code, tmp_path)

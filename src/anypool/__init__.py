@@ -19,12 +19,14 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "StreamResults",
+    "WorkerQueue",
     "cpu_count",
     "run",
 ]
 
 if TYPE_CHECKING:
     from ._child.duplex import AsyncChannelEnd, ChannelEnd
+    from ._child.queue import WorkerQueue
     from ._cpu import cpu_count
     from ._default_pool import run
     from ._duplex import Channel
@@ -49,6 +51,7 @@ else:
         "AsyncChannelEnd": "._child.duplex",
         "ChannelEnd": "._child.duplex",
         "Channel": "._duplex",
+        "WorkerQueue": "._child.queue",
         "Queue": "._queue",
         "cpu_count": "._cpu",
         "run": "._default_pool",

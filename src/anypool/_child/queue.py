@@ -93,3 +93,6 @@ class WorkerQueue(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<anypool.Queue maxsize={self.maxsize} (in a worker)>"
+
+
+WorkerQueue.__module__ = "anypool"
