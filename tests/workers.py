@@ -448,3 +448,396 @@ async def async_yield_then_note_the_end(
     for item in items:
         yield item
     finished.touch()
+
+
+# --- channels and queues ---------------------------------------------------------------------
+#
+# Channel functions (pool.open_channel) take the worker's end of the channel first; each sync
+# one that has an ``async_`` twin behaves the same on an AsyncChannelEnd. Queue functions take
+# the worker's handle of an anypool.Queue.
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _type_name(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def channel_end_type(end: Any) -> tuple[str, str]:
+    return _type_name(end), "none"
+
+
+async def async_channel_end_type(end: Any) -> tuple[str, str]:
+    await _sleep(0)
+    return _type_name(end), _event_loop_library()
+
+
+def channel_echo(end: Any) -> str:
+    """Send back each item, until the parent sends EOF."""
+    for item in end:
+        end.send(item)
+    return "echoed"
+
+
+async def async_channel_echo(end: Any) -> str:
+    async for item in end:
+        await end.send(item)
+    return "echoed"
+
+
+def channel_send_items(end: Any, items: list[object], value: object) -> object:
+    for item in items:
+        end.send(item)
+    return value
+
+
+async def async_channel_send_items(end: Any, items: list[object], value: object) -> object:
+    for item in items:
+        await end.send(item)
+    return value
+
+
+def channel_send_items_then_raise(end: Any, items: list[object], message: str) -> None:
+    for item in items:
+        end.send(item)
+    raise ValueError(message)
+
+
+async def async_channel_send_items_then_raise(end: Any, items: list[object], message: str) -> None:
+    for item in items:
+        await end.send(item)
+    raise ValueError(message)
+
+
+def channel_send_items_then_exit(end: Any, items: list[object], code: int) -> None:
+    for item in items:
+        end.send(item)
+    os._exit(code)
+
+
+async def async_channel_send_items_then_exit(end: Any, items: list[object], code: int) -> None:
+    for item in items:
+        await end.send(item)
+    os._exit(code)
+
+
+def channel_recv_iterate_recv(end: Any) -> tuple[object, list[object], str]:
+    """Take one item with recv(), the rest with a for loop, then recv() again: the first item,
+    the rest, and the name of what the last recv() raised."""
+    first = end.recv()
+    rest = list(end)
+    try:
+        end.recv()
+    except EOFError as error:
+        return first, rest, type(error).__name__
+    return first, rest, "nothing"
+
+
+async def async_channel_recv_iterate_recv(end: Any) -> tuple[object, list[object], str]:
+    first = await end.recv()
+    rest = [item async for item in end]
+    try:
+        await end.recv()
+    except EOFError as error:
+        return first, rest, type(error).__name__
+    return first, rest, "nothing"
+
+
+def channel_recv_one_then_raise(end: Any, message: str) -> None:
+    end.recv()
+    raise ValueError(message)
+
+
+def channel_raise(end: Any, message: str) -> None:
+    raise ValueError(message)
+
+
+def channel_return(end: Any, value: object) -> object:
+    return value
+
+
+def channel_note_close(end: Any, pid_path: Path, note: Path) -> int:
+    """Write the pid, recv until the parent closes, then try to send: ``note`` gets what recv
+    and send raised."""
+    write_pid(pid_path)
+    events = []
+    try:
+        while True:
+            end.recv()
+    except EOFError:
+        events.append("EOFError")
+    try:
+        end.send("after the close")
+    except BrokenPipeError:
+        events.append("BrokenPipeError")
+    _write_atomically(note, " ".join(events))
+    return os.getpid()
+
+
+async def async_channel_note_close(end: Any, pid_path: Path, note: Path) -> int:
+    write_pid(pid_path)
+    events = []
+    try:
+        while True:
+            await end.recv()
+    except EOFError:
+        events.append("EOFError")
+    try:
+        await end.send("after the close")
+    except BrokenPipeError:
+        events.append("BrokenPipeError")
+    _write_atomically(note, " ".join(events))
+    return os.getpid()
+
+
+def channel_write_pid_and_sleep(end: Any, pid_path: Path, seconds: float) -> None:
+    """Neither recv nor send: only a kill ends it early."""
+    write_pid(pid_path)
+    time.sleep(seconds)
+
+
+def channel_ignore_sigterm_and_sleep(end: Any, pid_path: Path, seconds: float) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    write_pid(pid_path)
+    time.sleep(seconds)
+
+
+def channel_send_forever_logging(end: Any, log: Path) -> None:
+    """Send 0, 1, 2, ... forever, appending a line to ``log`` after each send returns; once a
+    send raises BrokenPipeError, log its name and return."""
+    for item in itertools.count():
+        try:
+            end.send(item)
+        except BrokenPipeError as error:
+            _note_produced(log, type(error).__name__)
+            return
+        _note_produced(log, item)
+
+
+async def async_channel_send_forever_logging(end: Any, log: Path) -> None:
+    for item in itertools.count():
+        try:
+            await end.send(item)
+        except BrokenPipeError as error:
+            _note_produced(log, type(error).__name__)
+            return
+        _note_produced(log, item)
+
+
+def _summarize_big_item(item: bytes) -> tuple[int, int, bool]:
+    """Its length, its first byte, and whether every byte equals the first."""
+    return len(item), item[0], item == item[:1] * len(item)
+
+
+def channel_exchange_big_items(end: Any, count: int, size: int) -> list[tuple[int, int, bool]]:
+    """Send ``count`` items of ``size`` bytes (item i made of byte i) before receiving any,
+    then receive ``count`` items: while both sides write big items at once."""
+    for index in range(count):
+        end.send(bytes([index]) * size)
+    return [_summarize_big_item(end.recv()) for _ in range(count)]
+
+
+async def async_channel_exchange_big_items(
+    end: Any, count: int, size: int
+) -> list[tuple[int, int, bool]]:
+    for index in range(count):
+        await end.send(bytes([index]) * size)
+    return [_summarize_big_item(await end.recv()) for _ in range(count)]
+
+
+def channel_poll_then_recv(end: Any) -> tuple[list[object], float]:
+    """What poll() says before the parent sends and after, and how long poll(0.1) waited."""
+    answers: list[object] = [end.poll()]
+    started = time.monotonic()
+    answers.append(end.poll(0.1))
+    waited = time.monotonic() - started
+    end.send("polling")
+    answers.append(end.poll(timeout=20.0))
+    answers.append(end.recv())
+    # After the parent's send_eof, recv would raise at once: poll says so without waiting.
+    answers.append(end.poll(timeout=20.0))
+    return answers, waited
+
+
+async def _run_with_ticker(body: Any, marker: Path) -> tuple[int, int, object]:
+    """Run ``body()`` while a ticker task counts ticks every 10 ms on the same event loop and
+    touches ``marker`` at the third; the ticks when ``body`` started and ended, its result."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await _sleep(POLL_INTERVAL)
+            ticks += 1
+            if ticks == 3:
+                marker.touch()
+
+    async def timed_body() -> tuple[int, int, object]:
+        before = ticks
+        result = await body()
+        return before, ticks, result
+
+    if _event_loop_library() == "trio":
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            outcome = await timed_body()
+            nursery.cancel_scope.cancel()
+        return outcome
+    import asyncio
+
+    task = asyncio.create_task(ticker())
+    try:
+        return await timed_body()
+    finally:
+        task.cancel()
+
+
+async def async_channel_tick_while_receiving(
+    end: Any, marker: Path
+) -> tuple[str, int, int, object]:
+    """Await recv() while a ticker runs; the parent sends only once the ticker ticked 3 times."""
+    before, after, item = await _run_with_ticker(end.recv, marker)
+    return _event_loop_library(), before, after, item
+
+
+async def async_channel_tick_while_sending(end: Any, marker: Path) -> tuple[str, int, int, object]:
+    """With buffer=1: the second send waits for the parent, which receives only once the
+    ticker ticked 3 times."""
+    await end.send("first")
+
+    async def send_second() -> str:
+        await end.send("second")
+        return "sent"
+
+    before, after, outcome = await _run_with_ticker(send_second, marker)
+    return _event_loop_library(), before, after, outcome
+
+
+def channel_items_to_queue(end: Any, q: Any) -> str:
+    for item in end:
+        q.put(item)
+    return "done"
+
+
+def queue_put_items(q: Any, items: list[object]) -> int:
+    for item in items:
+        q.put(item)
+    return len(items)
+
+
+def queue_put_items_noting_progress(
+    q: Any, items: list[object], pid_path: Path, progress: Path
+) -> int:
+    """Put ``items`` one by one, writing to ``progress`` how many puts returned so far."""
+    write_pid(pid_path)
+    for count, item in enumerate(items, 1):
+        q.put(item)
+        _write_atomically(progress, str(count))
+    return os.getpid()
+
+
+def queue_get_noting(q: Any, pid_path: Path, note: Path) -> object:
+    """Get one item (waiting for it) and write its repr to ``note``."""
+    write_pid(pid_path)
+    item = q.get()
+    _write_atomically(note, repr(item))
+    return item
+
+
+def queue_iterate(q: Any) -> list[object]:
+    return list(q)
+
+
+def queue_get_until_eof(q: Any) -> tuple[list[object], str]:
+    items = []
+    while True:
+        try:
+            items.append(q.get())
+        except EOFError as error:
+            return items, type(error).__name__
+
+
+def queue_put(q: Any, item: object) -> None:
+    q.put(item)
+
+
+def queue_put_nowait(q: Any, item: object) -> None:
+    q.put_nowait(item)
+
+
+def queue_get_nowait(q: Any) -> object:
+    return q.get_nowait()
+
+
+def queue_get(q: Any) -> object:
+    return q.get()
+
+
+def queue_put_with_timeout(q: Any, item: object, timeout: float) -> tuple[str, float]:
+    started = time.monotonic()
+    try:
+        q.put(item, timeout=timeout)
+    except Exception as error:
+        return type(error).__name__, time.monotonic() - started
+    return "put", time.monotonic() - started
+
+
+def queue_get_with_timeout(q: Any, timeout: float) -> tuple[str, float]:
+    started = time.monotonic()
+    try:
+        item = q.get(timeout=timeout)
+    except Exception as error:
+        return type(error).__name__, time.monotonic() - started
+    return repr(item), time.monotonic() - started
+
+
+def queue_put_a_lock(q: Any) -> None:
+    q.put(threading.Lock())
+
+
+def queue_pickle_handle(q: Any) -> bytes:
+    import pickle
+
+    return pickle.dumps(q)
+
+
+def queue_use_from_another_thread(q: Any) -> list[str]:
+    """What put and get raise when called from a thread the worker started."""
+    errors: list[str] = []
+
+    def use() -> None:
+        for operation in (lambda: q.put(1), q.get):
+            try:
+                operation()
+            except Exception as error:
+                errors.append(f"{type(error).__name__}: {error}")
+            else:
+                errors.append("no error")
+
+    thread = threading.Thread(target=use)
+    thread.start()
+    thread.join()
+    return errors
+
+
+def queue_put_side_result(q: Any, item: int) -> int:
+    """For pool.map with functools.partial: put ``item * 10`` aside, return ``item * item``."""
+    q.put(item * 10)
+    return item * item
+
+
+def queue_yield_and_put(q: Any, count: int) -> Iterator[int]:
+    for item in range(count):
+        q.put(item * 10)
+        yield item
+
+
+def queue_yield_doubled(q: Any) -> Iterator[object]:
+    for item in q:
+        yield item * 2

@@ -292,7 +292,7 @@ class _MapRun:
             if sync_items is not None:
                 # Take the items in one C-level loop: per-item Python code limits throughput.
                 # (list.extend keeps the items taken before the input raised.)
-                taken = []
+                taken: list[Any] = []
                 try:
                     taken.extend(itertools.islice(sync_items, wanted))
                 except Exception as error:
