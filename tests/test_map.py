@@ -247,11 +247,14 @@ async def test_items_taken_never_exceed_results_handed_out_plus_max_in_flight(
         assert await stays_true(lambda: bound - chunk < source.taken <= bound, 0.2)
 
 
-@pytest.mark.parametrize(("chunksize", "default_max_in_flight"), [(1, 4), (3, 12), ("auto", 4096)])
+@pytest.mark.parametrize(
+    ("chunksize", "default_max_in_flight"), [(1, 4), (3, 12), ("auto", 4 * AUTO_CHUNK_LIMIT)]
+)
 async def test_default_max_in_flight_is_twice_max_workers_chunks(
     chunksize: int | str, default_max_in_flight: int
 ) -> None:
-    # 2 workers: 2 * 2 * chunksize items, 2 * 2 * 1024 for "auto".
+    # 2 workers: 2 * 2 * chunksize items; for "auto", of the largest chunk, which tiny
+    # functions reach.
     source = CountingSource()
     received = 0
     async with (
@@ -269,7 +272,10 @@ async def test_default_max_in_flight_is_twice_max_workers_chunks(
         assert await stays_true(lambda: bound - chunk < source.taken <= bound, 0.2)
 
 
-async def test_map_over_an_endless_input_of_large_items_runs_in_bounded_memory() -> None:
+@pytest.mark.parametrize("chunksize", [1, "auto"])
+async def test_map_over_an_endless_input_of_large_items_runs_in_bounded_memory(
+    chunksize: int | str,
+) -> None:
     consumed = 200
     taken = 0
 
@@ -285,7 +291,8 @@ async def test_map_over_an_endless_input_of_large_items_runs_in_bounded_memory()
     process = psutil.Process()
     async with anypool.Pool(2) as pool:
         baseline = peak = process.memory_info().rss
-        async with pool.map(len, megabyte_items()) as results:
+        # "auto" sizes chunks by bytes too: a fast function of large items gets small chunks.
+        async with pool.map(len, megabyte_items(), chunksize=chunksize) as results:
             received = 0
             async for size in results:
                 assert size == MIB
@@ -646,3 +653,52 @@ async def test_map_on_a_view_without_kill_on_cancel_lets_the_worker_finish_when_
         # call.
         assert await wait_until_async(lambda: pool.stats().workers_busy == 0)
         assert await pool.run(workers.current_pid) == pid
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunksize", [1, 7, "auto"])
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_batches_give_every_result_as_plain_iteration_would(
+    chunksize: int | str, ordered: bool
+) -> None:
+    async with (
+        anypool.Pool(2) as pool,
+        pool.map(workers.square, range(3000), chunksize=chunksize, ordered=ordered) as results,
+    ):
+        batches = [batch async for batch in results.batches()]
+    assert all(batches)
+    flat = [value for batch in batches for value in batch]
+    expected = [x * x for x in range(3000)]
+    assert flat == expected if ordered else sorted(flat) == expected
+
+
+async def test_batches_raise_an_items_exception_after_the_results_before_it() -> None:
+    received: list[object] = []
+
+    async def consume(results: anypool.MapResults[int]) -> None:
+        async for batch in results.batches():
+            received.extend(batch)
+
+    async with anypool.Pool(2) as pool:
+        results = pool.map(workers.square_unless_negative, [0, 1, 2, 3, -4, 5, 6], chunksize=3)
+        with pytest.raises(ValueError, match="negative item -4"):
+            await consume(results)
+        assert pool.stats().calls_running == 0
+    assert received == [0, 1, 4, 9]
+
+
+async def test_batches_hold_exceptions_in_place_with_return_exceptions() -> None:
+    async with anypool.Pool(2) as pool:
+        results = pool.map(
+            workers.square_unless_negative, [1, -2, 3, -4, 5], chunksize=2, return_exceptions=True
+        )
+        flat = [value async for batch in results.batches() for value in batch]
+    assert [value if isinstance(value, int) else str(value) for value in flat] == [
+        1,
+        "negative item -2",
+        9,
+        "negative item -4",
+        25,
+    ]

@@ -23,8 +23,12 @@ __all__ = ["MapResults"]
 
 T = TypeVar("T")
 
-AUTO_CHUNK_LIMIT = 1024
-"""The largest chunk ``chunksize="auto"`` makes."""
+AUTO_CHUNK_LIMIT = 16384
+"""The most items in a chunk ``chunksize="auto"`` makes. (A chunk costs a round trip to a
+worker, some 100-300 microseconds: tiny functions need thousands of items per chunk.)"""
+_AUTO_CHUNK_BYTES = 1 << 20
+"""The most pickled bytes ``chunksize="auto"`` aims to put in a chunk: large items go a few at
+a time, so that memory in flight stays small."""
 _AUTO_CHUNK_SECONDS = 0.01
 """How long ``chunksize="auto"`` aims for a chunk to run: long enough that the round trip to the
 worker is a small part of it, short enough that results keep flowing."""
@@ -63,6 +67,26 @@ class MapResults(ResultIterator[T]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._run = _MapRun(*args, **kwargs)
         super().__init__(self._run)
+
+    async def batches(self) -> AsyncIterator[list[T]]:
+        """The same results, as lists of those that are ready: for consumers that keep up
+        with millions of results per second, where a loop step per result is the cost.
+
+        Each list holds at least one result, in the same order as a plain iteration would
+        give them; an exception is raised (or with ``return_exceptions``, placed) where that
+        iteration would raise it.
+        """
+        run = self._run
+        while True:
+            try:
+                batch: list[T] = [await run.next()]
+            except StopAsyncIteration:
+                return
+            batch.extend(run.ready)
+            while run.has_ready_part():
+                batch.append(await run.next())
+                batch.extend(run.ready)
+            yield batch
 
     async def __anext__(self) -> T:
         # The fast path, for all results but the first of each run of successes in a chunk:
@@ -111,9 +135,10 @@ class _MapRun:
     ) -> None:
         if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"chunksize must be a positive int or 'auto', not {chunksize!r}")
-        largest_chunk = AUTO_CHUNK_LIMIT if chunksize == "auto" else chunksize
+        # By default two chunks per worker; with "auto", of the current chunk size.
+        self._default_in_flight = max_in_flight is None
         if max_in_flight is None:
-            max_in_flight = 2 * core.max_workers * largest_chunk
+            max_in_flight = 2 * core.max_workers * (1 if chunksize == "auto" else chunksize)
         elif max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self._core = core
@@ -180,6 +205,12 @@ class _MapRun:
                     raise error
                 raise StopAsyncIteration
             await self._changed.wait()
+
+    def has_ready_part(self) -> bool:
+        """Whether :meth:`next` has results (or an exception to yield) without waiting."""
+        return bool(self._parts) and (
+            self._return_exceptions or not isinstance(self._parts[0], _Failure)
+        )
 
     async def aclose(self) -> None:
         if self._closed:
@@ -360,16 +391,19 @@ class _MapRun:
                     task_status.started()
             else:
                 if self._auto:
-                    self._resize_chunks(seconds / len(chunk))
+                    self._resize_chunks(len(chunk), seconds, len(payload))
             self._finished[index] = (results, failures, len(chunk))
         finally:
             self._chunks_running -= 1
             self._changed.notify()
             self._room.notify()
 
-    def _resize_chunks(self, seconds_per_item: float) -> None:
-        wanted = _AUTO_CHUNK_SECONDS / max(seconds_per_item, 1e-9)
-        self._chunksize = max(1, min(AUTO_CHUNK_LIMIT, math.floor(wanted)))
+    def _resize_chunks(self, size: int, seconds: float, payload_bytes: int) -> None:
+        by_time = _AUTO_CHUNK_SECONDS * size / max(seconds, 1e-9)
+        by_bytes = _AUTO_CHUNK_BYTES * size / payload_bytes
+        self._chunksize = max(1, min(AUTO_CHUNK_LIMIT, math.floor(min(by_time, by_bytes))))
+        if self._default_in_flight:
+            self._max_in_flight = 2 * self._core.max_workers * self._chunksize
 
 
 class _Progress:
