@@ -467,26 +467,18 @@ def _type_name(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def channel_end_type(end: Any) -> tuple[str, str]:
-    return _type_name(end), "none"
-
-
-async def async_channel_end_type(end: Any) -> tuple[str, str]:
-    await _sleep(0)
-    return _type_name(end), _event_loop_library()
-
-
 def channel_echo(end: Any) -> str:
-    """Send back each item, until the parent sends EOF."""
+    """Send back each item until the parent sends EOF; return the type of ``end``."""
     for item in end:
         end.send(item)
-    return "echoed"
+    return _type_name(end)
 
 
 async def async_channel_echo(end: Any) -> str:
+    """As channel_echo; return the type of ``end`` and the event loop library it runs on."""
     async for item in end:
         await end.send(item)
-    return "echoed"
+    return f"{_type_name(end)} on {_event_loop_library()}"
 
 
 def channel_send_items(end: Any, items: list[object], value: object) -> object:

@@ -15,7 +15,7 @@ import anyio.abc
 from . import _protocol as protocol
 from ._channel import ChannelClosed
 from ._errors import BrokenWorkerError, InitializerError, PoolClosedError, SerializationError
-from ._eventloop import current_library
+from ._eventloop import current_library, spawn_detached
 from ._serialize import describe, dumps_call_arguments, dumps_item, load_error, load_result
 
 if TYPE_CHECKING:
@@ -57,8 +57,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
         self._credit = 0  # items we may send; the function grants them once it started
         self._taken = 0  # items received that the function was not told of
         self._ack_batch = max(1, self._buffer // 2)
-        # One task reads the pipe at a time; the others wait for it to make progress.
-        self._reading = False
+        # Set and replaced each time the reader task made progress.
         self._progress: anyio.Event | None = None
         self._eof_sent = False
         self._closing = False  # aclose() or a kill began: the function's outcome is dropped
@@ -90,7 +89,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
         if self._ended or self._closing:
             self._raise_end(receiving=False)
         payload = dumps_item(item, f"sent on the channel to {describe(self._fn)}")
-        await self._pump_until(lambda: self._credit > 0)
+        await self._wait_until(lambda: self._credit > 0)
         if self._ended or self._closing:
             self._raise_end(receiving=False)
         self._credit -= 1
@@ -114,7 +113,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
             count = self._taken
             await self._write(protocol.CREDIT, protocol.COUNT.pack(count))
             self._taken -= count
-        await self._pump_until(lambda: self._inbox)
+        await self._wait_until(lambda: self._inbox)
         if self._closing or not self._inbox:
             self._raise_end(receiving=True)
         self._taken += 1
@@ -139,13 +138,14 @@ class Channel(anyio.abc.ObjectStream[Any]):
         """
         self._check_entered()
         while not self._ended:
-            await self._pump_until(lambda: self._inbox)
+            await self._wait_until(lambda: self._inbox)
             if self._inbox and not self._ended:
                 self._taken += len(self._inbox)
                 self._inbox.clear()
                 count = self._taken
                 await self._write(protocol.CREDIT, protocol.COUNT.pack(count))
                 self._taken -= count
+        self._inbox.clear()
         if self._closing or self._broken or self._error is not None:
             self._raise_end(receiving=False)
         return self._value
@@ -165,7 +165,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
                     # Refused when the worker is gone, or was killed: its end comes all the same.
                     with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                         await self._write(protocol.CLOSE, b"")
-                    await self._pump_until(lambda: False)
+                    await self._wait_until(lambda: False)
                 await self._kill()
 
     async def __aenter__(self) -> Channel:
@@ -178,6 +178,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
         call = (self._fn, self._args, self._kwargs, current_library(), self._buffer)
         self._payload = dumps_call_arguments(call, self._fn, self._args, self._kwargs)
         self._worker = await core.open_session(protocol.OPEN, self._payload)
+        spawn_detached(self._read)
         return self
 
     async def __aexit__(
@@ -205,21 +206,35 @@ class Channel(anyio.abc.ObjectStream[Any]):
 
     # --- the worker's messages -----------------------------------------------------------------
 
-    async def _pump_until(self, ready: Callable[[], object]) -> None:
-        """Read the worker's messages until ``ready()`` or the function's end. One task reads
-        at a time; the others wait for what it reads."""
+    async def _wait_until(self, ready: Callable[[], object]) -> None:
+        """Wait until ``ready()`` or the function's end, as the reader makes progress."""
         while not (ready() or self._ended):
             assert self._progress is not None
-            if self._reading:
-                await self._progress.wait()
-                continue
-            self._reading = True
-            try:
+            await self._progress.wait()
+
+    async def _read(self) -> None:
+        """Read the worker's messages until the function ends. Runs in a task of its own for
+        as long as the channel is open: the worker's queue requests are answered even while
+        nobody uses the channel."""
+        try:
+            while not self._ended:
                 await self._read_one()
-            finally:
-                self._reading = False
                 progress, self._progress = self._progress, anyio.Event()
+                assert progress is not None
                 progress.set()
+        except BaseException:
+            # The event loop is ending under an open channel: nobody will wait for it.
+            with anyio.CancelScope(shield=True):
+                self._killing = self._closing = True
+                worker = self._worker
+                assert worker is not None
+                if not self._ended:
+                    await self._core.stop_busy(worker, terminate=True)
+                    self._end()
+        finally:
+            progress, self._progress = self._progress, anyio.Event()
+            assert progress is not None
+            progress.set()
 
     async def _read_one(self) -> None:
         worker = self._worker
@@ -319,7 +334,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
                 ) from None
             # The worker is gone: its end says why.
             with anyio.CancelScope(shield=True):
-                await self._pump_until(lambda: False)
+                await self._wait_until(lambda: False)
             self._raise_end(receiving=False)
         except BaseException:
             if worker.channel.cut_short:
@@ -344,10 +359,10 @@ class Channel(anyio.abc.ObjectStream[Any]):
         self._killing = self._closing = True
         worker.signal(signal.SIGTERM)
         with anyio.move_on_after(self._core.kill_grace):
-            await self._pump_until(lambda: False)
+            await self._wait_until(lambda: False)
         if not self._ended:
             worker.signal(signal.SIGKILL)
-            await self._pump_until(lambda: False)
+            await self._wait_until(lambda: False)
 
     def _raise_end(self, *, receiving: bool) -> NoReturn:
         if self._broken:
