@@ -375,6 +375,12 @@ class _MapRun:
             admitted = True
             task_status.started()
 
+        if self._closed:
+            # The consumer left while this task was starting: a worker would get the chunk
+            # before the cancellation reached this task, and be killed for it.
+            task_status.started()
+            self._chunks_running -= 1
+            return
         try:
             try:
                 payload = dumps_call_arguments(call, self._fn, tuple(chunk), {})

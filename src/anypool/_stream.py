@@ -167,7 +167,10 @@ class _Stream:
         assert worker is not None
         if self._unacknowledged >= self._credit_batch:
             count, self._unacknowledged = self._unacknowledged, 0
-            await worker.channel.send(protocol.CREDIT, protocol.COUNT.pack(count))
+            # A worker that exited cannot take credit, but the items it yielded before are
+            # still in the pipe: read on, and its end comes after them.
+            with contextlib.suppress(ChannelClosed):
+                await worker.channel.send(protocol.CREDIT, protocol.COUNT.pack(count))
         kind, body = await worker.receive()
         while kind == protocol.RETIRING:
             # The worker retired before it read the stream: start it on another one.
