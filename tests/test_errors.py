@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import anypool
+import anypool._pool as anypool_pool
 import workers
 from support import gone, pool_processes, read_pid, stays_true
 
@@ -247,13 +248,56 @@ async def test_failing_initializer_does_not_respawn_workers_in_a_loop() -> None:
     async with anypool.Pool(2, initializer=workers.failing_initializer) as pool:
         with pytest.raises(anypool.InitializerError):
             await pool.run(workers.square, 2)
-        assert pool.stats().workers_alive == 0
+        stats = pool.stats()
+        assert stats.workers_alive == 0
+        assert stats.initializer_failures == 1
+        assert 0 < stats.worker_start_delay <= anypool_pool.FIRST_START_DELAY
         assert await stays_true(lambda: pool_processes() == set(), duration=0.3)
         # A new call tries again, in a new worker.
         with pytest.raises(anypool.InitializerError):
             await pool.run(workers.square, 2)
-        assert pool.stats().calls_failed == 2
+        stats = pool.stats()
+        assert stats.calls_failed == 2
+        assert stats.initializer_failures == 2
         assert await stays_true(lambda: pool_processes() == set(), duration=0.3)
+
+
+async def test_failing_initializer_backs_off_each_new_worker_longer() -> None:
+    started = anyio.current_time()
+    async with anypool.Pool(1, initializer=workers.failing_initializer) as pool:
+        for _ in range(4):
+            with pytest.raises(anypool.InitializerError):
+                await pool.run(workers.square, 2)
+        stats = pool.stats()
+    # The 2nd, 3rd and 4th workers waited 0.1, 0.2 and 0.4 seconds before they started.
+    assert anyio.current_time() - started >= anypool_pool.FIRST_START_DELAY * (1 + 2 + 4)
+    assert stats.initializer_failures == 4
+    assert stats.worker_start_delay <= anypool_pool.FIRST_START_DELAY * 8
+
+
+async def test_a_call_waiting_out_the_back_off_can_be_cancelled() -> None:
+    async with anypool.Pool(1, initializer=workers.failing_initializer) as pool:
+        for _ in range(3):
+            with pytest.raises(anypool.InitializerError):
+                await pool.run(workers.square, 2)
+        with anyio.move_on_after(0.05) as scope:
+            await pool.run(workers.square, 2)
+        assert scope.cancelled_caught
+        assert pool.stats().calls_running == 0
+        assert pool_processes() == set()
+
+
+async def test_back_off_ends_once_a_worker_runs_a_call(tmp_path) -> None:
+    counter = tmp_path / "initializer-runs"
+    async with anypool.Pool(
+        1, initializer=workers.initializer_failing_times, initargs=(counter, 2)
+    ) as pool:
+        for _ in range(2):
+            with pytest.raises(anypool.InitializerError, match="initializer raised"):
+                await pool.run(workers.square, 2)
+        assert await pool.run(workers.square, 3) == 9
+        stats = pool.stats()
+    assert (stats.initializer_failures, stats.worker_start_delay) == (0, 0.0)
 
 
 # --- closed pool ----------------------------------------------------------------------------

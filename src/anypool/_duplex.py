@@ -14,7 +14,7 @@ import anyio.abc
 
 from . import _protocol as protocol
 from ._channel import ChannelClosed
-from ._errors import BrokenWorkerError, InitializerError, PoolClosedError, SerializationError
+from ._errors import BrokenWorkerError, PoolClosedError, SerializationError
 from ._eventloop import current_library, spawn_detached
 from ._serialize import describe, dumps_call_arguments, dumps_item, load_error, load_result
 
@@ -254,12 +254,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
             with anyio.CancelScope(shield=True):
                 await self._restart(worker)
         elif kind == protocol.INIT_FAILED:
-            await self._core.stop_busy(worker, terminate=False, replaced=False)
-            error = InitializerError(
-                f"the pool's initializer raised in worker process {worker.pid}"
-            )
-            error.__cause__ = load_error(body)
-            self._end(error=error)
+            self._end(error=await self._core.initializer_failed(worker, body))
         else:
             if self._killing:
                 # Too late: it is being killed.

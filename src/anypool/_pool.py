@@ -10,6 +10,7 @@ import multiprocessing.forkserver
 import os
 import signal
 import sys
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
@@ -42,6 +43,11 @@ START_METHODS: Final = ("forkserver", "spawn", "fork")
 
 _WORKER_MODULE: Final = "anypool._child.worker"
 
+FIRST_START_DELAY: Final = 0.1
+"""Seconds a new worker waits to start after one whose initializer raised."""
+MAX_START_DELAY: Final = 5.0
+"""The longest wait before a new worker starts, however often the initializer raised."""
+
 
 @dataclasses.dataclass(frozen=True)
 class PoolStats:
@@ -60,6 +66,11 @@ class PoolStats:
     workers_replaced: int
     """Workers that were killed on cancellation, died, or were recycled by
     ``max_tasks_per_worker``; each is replaced by a new one when a call needs it."""
+    initializer_failures: int = 0
+    """Workers in a row whose initializer raised; 0 once a worker has run a call."""
+    worker_start_delay: float = 0.0
+    """Seconds until a new worker may start: after the initializer failed, new workers start
+    after a back-off that doubles with each failure in a row, up to ``MAX_START_DELAY``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +136,8 @@ class _PoolCore:
         self.calls_failed = 0
         self.calls_cancelled = 0
         self.workers_replaced = 0
+        self.initializer_failures = 0  # in a row
+        self.start_not_before = 0.0  # time.monotonic() before which no worker starts
         _live_pools.add(self)
 
     # --- admission -------------------------------------------------------------------------
@@ -199,6 +212,10 @@ class _PoolCore:
     async def start_worker(self) -> WorkerHandle:
         """Start a worker for a call that already counted itself in ``starting``."""
         try:
+            delay = self.start_not_before - time.monotonic()
+            if delay > 0:
+                # The initializer failed recently (see initializer_failed).
+                await anyio.sleep(delay)
             if self.start_method == "forkserver":
                 # Starting the forkserver itself takes long the first time: keep the event loop
                 # free meanwhile. (Workers are its children, so this thread's lifetime is moot.)
@@ -220,8 +237,26 @@ class _PoolCore:
             raise PoolClosedError("the pool was terminated while a worker was starting")
         return worker
 
+    async def initializer_failed(
+        self, worker: WorkerHandle, report: bytes | bytearray
+    ) -> InitializerError:
+        """Reap a worker whose initializer raised (``report``: its INIT_FAILED message), and
+        return the error for its call. New workers start only after a back-off, which doubles
+        with each failure in a row (up to ``MAX_START_DELAY``), so that a broken initializer
+        does not make the pool start workers in a loop."""
+        await self.stop_busy(worker, terminate=False, replaced=False)
+        self.initializer_failures += 1
+        delay = min(FIRST_START_DELAY * 2 ** (self.initializer_failures - 1), MAX_START_DELAY)
+        self.start_not_before = time.monotonic() + delay
+        error = InitializerError(f"the pool's initializer raised in worker process {worker.pid}")
+        error.__cause__ = load_error(report)
+        return error
+
     def release(self, worker: WorkerHandle) -> None:
         """Take back a worker whose call is over and that is ready for another."""
+        # It ran a call, so the initializer worked: no more back-off.
+        self.initializer_failures = 0
+        self.start_not_before = 0.0
         self.busy.discard(worker)
         if self.terminated:
             self.let_go(worker)
@@ -356,11 +391,8 @@ class _PoolCore:
         if kind == protocol.RETIRING:
             raise _Retry
         if kind == protocol.INIT_FAILED:
-            await self.stop_busy(worker, terminate=False, replaced=False)
             self.calls_failed += 1
-            raise InitializerError(
-                f"the pool's initializer raised in worker process {worker.pid}"
-            ) from load_error(body)
+            raise await self.initializer_failed(worker, body)
         worker.calls += 1
         self.release(worker)
         if kind == protocol.RESULT:
@@ -380,7 +412,7 @@ class _PoolCore:
 
         async def drain() -> None:
             try:
-                kind, _ = await worker.receive()
+                kind, body = await worker.receive()
             except ChannelClosed:
                 await self.stop_busy(worker, terminate=False)
             except BaseException:
@@ -388,7 +420,7 @@ class _PoolCore:
                 await self.stop_busy(worker, terminate=True)
             else:
                 if kind == protocol.INIT_FAILED:
-                    await self.stop_busy(worker, terminate=False, replaced=False)
+                    await self.initializer_failed(worker, body)
                 else:
                     worker.calls += 1
                     self.release(worker)
@@ -464,6 +496,8 @@ class _PoolCore:
             calls_failed=self.calls_failed,
             calls_cancelled=self.calls_cancelled,
             workers_replaced=self.workers_replaced,
+            initializer_failures=self.initializer_failures,
+            worker_start_delay=max(0.0, self.start_not_before - time.monotonic()),
         )
 
 

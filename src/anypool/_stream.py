@@ -10,7 +10,7 @@ import anyio
 
 from . import _protocol as protocol
 from ._channel import ChannelClosed
-from ._errors import BrokenWorkerError, InitializerError, PoolClosedError, SerializationError
+from ._errors import BrokenWorkerError, PoolClosedError, SerializationError
 from ._eventloop import current_library, spawn_detached
 from ._results import ResultIterator
 from ._serialize import describe, dumps_call_arguments, load_error, load_result
@@ -102,11 +102,9 @@ class _Stream:
                 await self._close(failed=True)
                 raise
         if kind == protocol.INIT_FAILED:
-            await self._core.stop_busy(worker, terminate=False, replaced=False)
+            error = await self._core.initializer_failed(worker, body)
             self._finish(failed=True)
-            raise InitializerError(
-                f"the pool's initializer raised in worker process {worker.pid}"
-            ) from load_error(body)
+            raise error
         self._release(worker)
         self._finish(failed=kind == protocol.ERROR)
         if kind == protocol.ERROR:
