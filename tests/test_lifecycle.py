@@ -13,7 +13,16 @@ import pytest
 
 import anypool
 import workers
-from support import dead, gone, pool_processes, read_pid, run_script, wait_until, write_script
+from support import (
+    dead,
+    gone,
+    pool_processes,
+    read_pid,
+    run_script,
+    start_script,
+    wait_until,
+    write_script,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -263,3 +272,90 @@ def test_workers_die_when_the_parent_process_dies(start_method: str, state: str,
     finally:
         if not dead(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+PARENT_KILLED_SCRIPT = """
+    import functools
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    import anyio
+
+    import anypool
+
+
+    def note_pid(directory, name):
+        partial = directory / (name + ".partial")
+        partial.write_text(str(os.getpid()))
+        os.replace(partial, directory / (name + ".pid"))
+
+
+    def busy(directory, name):
+        note_pid(directory, name)
+        time.sleep(60)
+
+
+    def busy_generator(directory):
+        yield 0
+        busy(directory, "stream")
+        yield 1
+
+
+    def slow_initializer(directory):
+        note_pid(directory, "initializer")
+        time.sleep(60)
+
+
+    async def main(start_method, stage, directory):
+        if stage == "start-up":
+            async with anypool.Pool(
+                1, start_method=start_method, initializer=slow_initializer, initargs=(directory,)
+            ) as pool:
+                await pool.run(os.getpid)
+            return
+        async with anypool.Pool(3, start_method=start_method) as pool:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pool.run, busy, directory, "run")
+                async def map_busy():
+                    async for _ in pool.map(functools.partial(busy, directory), ["map"]):
+                        pass
+                group.start_soon(map_busy)
+                async def stream_busy():
+                    async for _ in pool.stream(busy_generator, directory):
+                        pass
+                group.start_soon(stream_busy)
+
+
+    if __name__ == "__main__":
+        anyio.run(main, sys.argv[1], sys.argv[2], Path(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("stage", ["busy", "start-up"])
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+def test_workers_exit_within_a_second_of_the_parent_being_sigkilled(
+    start_method: str, stage: str, tmp_path
+) -> None:
+    script = write_script(tmp_path, PARENT_KILLED_SCRIPT)
+    names = ["initializer"] if stage == "start-up" else ["run", "map", "stream"]
+    process = start_script(script, start_method, stage, str(tmp_path))
+    try:
+        pid_files = [tmp_path / f"{name}.pid" for name in names]
+        assert wait_until(lambda: all(path.exists() for path in pid_files), timeout=30), (
+            process.poll(),
+            process.stderr.read() if process.poll() is not None and process.stderr else "",
+        )
+        worker_pids = [int(path.read_text()) for path in pid_files]
+        os.kill(process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        # An orphan is reaped by whoever adopts it, not by us: a zombie counts as dead.
+        assert wait_until(lambda: all(dead(pid) for pid in worker_pids), timeout=5.0)
+        assert time.monotonic() - killed < 1.0
+    finally:
+        process.kill()
+        process.communicate()
+        for pid in worker_pids if "worker_pids" in locals() else []:
+            if not dead(pid):
+                os.kill(pid, signal.SIGKILL)
