@@ -174,6 +174,14 @@ def failing_initializer() -> None:
     raise ValueError("the initializer cannot start")
 
 
+def initializer_failing_times(counter: Path, failures: int) -> None:
+    """Raise the first ``failures`` times it runs (in any worker), then succeed."""
+    runs = int(counter.read_text() or "0") if counter.exists() else 0
+    counter.write_text(str(runs + 1))
+    if runs < failures:
+        raise ValueError(f"the initializer failed (run {runs + 1})")
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 
@@ -833,3 +841,227 @@ def queue_yield_and_put(q: Any, count: int) -> Iterator[int]:
 def queue_yield_doubled(q: Any) -> Iterator[object]:
     for item in q:
         yield item * 2
+
+
+# --- faults (issue 4) ---
+#
+# A fault is named by a string, so that one parametrized test covers pool.run, pool.map and
+# pool.stream: "exit" (os._exit(FAULT_EXIT_CODE)), "sigkill" (the worker waits for the test to
+# SIGKILL it), "segfault", "memory" (MemoryError under a lowered RLIMIT_AS; the worker survives),
+# "recursion" (RecursionError; the worker survives).
+
+FAULT_EXIT_CODE = 3
+_MIB = 1 << 20
+
+
+def _wait_to_be_killed(seconds: float = 30.0) -> None:
+    """Sleep until killed; raise if nobody kills this worker within ``seconds``."""
+    time.sleep(seconds)
+    raise TimeoutError(f"nobody killed worker {os.getpid()} within {seconds} s")
+
+
+def _virtual_memory_size() -> int:
+    """The bytes of address space this process maps now (VmSize)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+def exhaust_address_space() -> None:
+    """Lower RLIMIT_AS to 64 MiB above what this process maps, allocate 1 GiB (MemoryError),
+    and restore the limit before the error leaves."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _virtual_memory_size() + 64 * _MIB
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        bytearray(1 << 30)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def recurse_forever(depth: int = 0) -> int:
+    return recurse_forever(depth + 1) + 1
+
+
+def meet_fault(fault: str, pid_path: Path) -> None:
+    """Write this worker's pid to ``pid_path``, then meet ``fault``."""
+    write_pid(pid_path)
+    if fault == "exit":
+        os._exit(FAULT_EXIT_CODE)
+    elif fault == "sigkill":
+        _wait_to_be_killed()
+    elif fault == "segfault":
+        crash_with_segfault()
+    elif fault == "memory":
+        exhaust_address_space()
+    elif fault == "recursion":
+        recurse_forever()
+    raise AssertionError(f"fault {fault!r} did not happen")
+
+
+def yield_then_meet_fault(items: list[object], fault: str, pid_path: Path) -> Iterator[object]:
+    yield from items
+    meet_fault(fault, pid_path)
+    yield "after the fault"
+
+
+async def async_yield_then_meet_fault(
+    items: list[object], fault: str, pid_path: Path
+) -> AsyncIterator[object]:
+    for item in items:
+        await _sleep(0)
+        yield item
+    meet_fault(fault, pid_path)
+    yield "after the fault"
+
+
+def resist_sigterm(how: str, marker: Path) -> None:
+    """Handle SIGTERM by touching ``marker``, then returning ("swallow": what ran goes on) or
+    looping in the handler for good ("loop")."""
+
+    def handler(signum: int, frame: object) -> None:
+        marker.touch()
+        while how == "loop":
+            time.sleep(POLL_INTERVAL)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def resist_sigterm_and_wait(how: str, pid_path: Path, marker: Path) -> None:
+    resist_sigterm(how, marker)
+    write_pid(pid_path)
+    _wait_to_be_killed()
+
+
+def yield_pid_resisting_sigterm(how: str, marker: Path, busy: Path) -> Iterator[int]:
+    """Yield this worker's pid once, then touch ``busy`` and wait (not at a yield) until
+    killed. (Closed before it touches ``busy``, it ends at the yield.)"""
+    resist_sigterm(how, marker)
+    yield os.getpid()
+    busy.touch()
+    _wait_to_be_killed()
+
+
+def yield_pid_ignoring_generator_exit(marker: Path, then: str) -> Iterator[int]:
+    """Yield this worker's pid forever. GeneratorExit is caught and noted in ``marker``; then
+    the generator yields again ("yield") or sleeps until killed ("sleep")."""
+    while True:
+        try:
+            yield os.getpid()
+        except GeneratorExit:
+            marker.touch()
+            if then == "sleep":
+                _wait_to_be_killed()
+
+
+async def async_yield_pid_ignoring_generator_exit(marker: Path, then: str) -> AsyncIterator[int]:
+    while True:
+        try:
+            yield os.getpid()
+        except GeneratorExit:
+            marker.touch()
+            if then == "sleep":
+                await _sleep(30)
+                raise TimeoutError(f"nobody killed worker {os.getpid()} within 30 s") from None
+
+
+# --- bad input, load, soak (issue 4) ---
+#
+# Values that cannot make the trip between parent and worker, named by a string so that one
+# test shape covers pool.run, pool.map and pool.stream: see ``misbehave``.
+
+
+def _rebuild_bottomless(inner: object) -> object:
+    return inner
+
+
+class BottomlessPickle:
+    """Pickling it never ends: each ``__reduce__`` asks the pickler to pickle a new
+    BottomlessPickle, until the pickler gives up (RecursionError)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_bottomless, (BottomlessPickle(),))
+
+
+class BottomlessError(Exception):
+    """An exception whose pickling never ends: it holds a BottomlessPickle."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.payload = BottomlessPickle()
+
+
+class ExitingReduceError(Exception):
+    """An exception whose ``__reduce__`` raises SystemExit (a BaseException, not an Exception)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise SystemExit("ExitingReduceError refuses to be pickled")
+
+
+def huge_message(size: int) -> str:
+    """A message of ``size`` characters that says what it is."""
+    return "huge message " + "x" * (size - 13)
+
+
+def misbehave(what: str) -> object:
+    """Return or raise what ``what`` names:
+
+    - ``"lock"``: return a threading.Lock (pickle refuses it);
+    - ``"bottomless"``: return a BottomlessPickle;
+    - ``"zeros:N"``: return N zero bytes;
+    - ``"unreducible"``: raise UnreducibleError (its ``__reduce__`` raises TypeError);
+    - ``"exiting-reduce"``: raise ExitingReduceError (its ``__reduce__`` raises SystemExit);
+    - ``"bottomless-error"``: raise BottomlessError;
+    - ``"huge-error:N"``: raise ValueError(huge_message(N)).
+    """
+    kind, _, size = what.partition(":")
+    if kind == "lock":
+        return threading.Lock()
+    if kind == "bottomless":
+        return BottomlessPickle()
+    if kind == "zeros":
+        return bytes(int(size))
+    if kind == "unreducible":
+        raise UnreducibleError(f"{what} refuses pickling")
+    if kind == "exiting-reduce":
+        raise ExitingReduceError(f"{what} refuses pickling")
+    if kind == "bottomless-error":
+        raise BottomlessError(f"{what} cannot be pickled")
+    if kind == "huge-error":
+        raise ValueError(huge_message(int(size)))
+    raise AssertionError(f"unknown misbehaviour {what!r}")
+
+
+def value_or_misbehave(item: object) -> object:
+    """For pool.map: an int item is returned as it is; a string item is passed to misbehave."""
+    if isinstance(item, str):
+        return misbehave(item)
+    return item
+
+
+def yield_then_misbehave(before: object, what: str, after: object) -> Iterator[object]:
+    """Yield ``before``, then ``misbehave(what)`` (or raise what it raises), then ``after``."""
+    yield before
+    yield misbehave(what)
+    yield after
+
+
+async def async_yield_then_misbehave(
+    before: object, what: str, after: object
+) -> AsyncIterator[object]:
+    yield before
+    await _sleep(0)
+    yield misbehave(what)
+    yield after
+
+
+def wait_for_path_then_return(path: str, value: object) -> object:
+    """Block until ``path`` exists (30 s at most), then return ``value``."""
+    wait_for_path(Path(path), 30.0)
+    return value

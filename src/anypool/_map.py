@@ -91,11 +91,15 @@ class MapResults(ResultIterator[T]):
     async def __anext__(self) -> T:
         # The fast path, for all results but the first of each run of successes in a chunk:
         # one C-level next(); the bookkeeping is done per chunk.
-        try:
-            result: T = next(self._run.ready)
-        except StopIteration:
+        result: T = next(self._run.ready, _NONE)
+        if result is _NONE:
+            # Awaited outside an except block: errors from it get no StopIteration context.
             result = await self._run.next()
         return result
+
+
+_NONE: Any = object()
+"""No result ready (a sentinel no result can be)."""
 
 
 class _Failure:
