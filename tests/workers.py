@@ -1065,3 +1065,26 @@ def wait_for_path_then_return(path: str, value: object) -> object:
     """Block until ``path`` exists (30 s at most), then return ``value``."""
     wait_for_path(Path(path), 30.0)
     return value
+
+
+# --- mixed fault fuzz (issue 4) --------------------------------------------------------------
+
+
+def work(value: int, seconds: float, die: bool) -> int:
+    """Return ``value`` after ``seconds``, or kill the worker first if ``die``."""
+    time.sleep(seconds)
+    if die:
+        os._exit(9)
+    return value
+
+
+def work_on_item(item: tuple[int, float, bool]) -> int:
+    return work(*item)
+
+
+def work_stream(count: int, seconds: float, die_at: int | None) -> Iterator[int]:
+    for index in range(count):
+        time.sleep(seconds)
+        if index == die_at:
+            os._exit(9)
+        yield index
