@@ -287,6 +287,24 @@ async def test_a_call_waiting_out_the_back_off_can_be_cancelled() -> None:
         assert pool_processes() == set()
 
 
+async def test_a_hanging_initializer_holds_its_call_until_the_callers_deadline_kills_it(
+    tmp_path,
+) -> None:
+    pid_path = tmp_path / "pid"
+    async with anypool.Pool(
+        1, initializer=workers.hanging_initializer, initargs=(pid_path,), kill_grace=0.5
+    ) as pool:
+        with anyio.move_on_after(10) as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pool.run, workers.square, 2)
+                pid = await read_pid(pid_path)
+                group.cancel_scope.cancel()
+        assert not scope.cancelled_caught
+        assert gone(pid)
+        stats = pool.stats()
+        assert (stats.calls_running, stats.calls_cancelled, stats.workers_alive) == (0, 1, 0)
+
+
 async def test_back_off_ends_once_a_worker_runs_a_call(tmp_path) -> None:
     counter = tmp_path / "initializer-runs"
     async with anypool.Pool(

@@ -174,6 +174,11 @@ def failing_initializer() -> None:
     raise ValueError("the initializer cannot start")
 
 
+def hanging_initializer(pid_path: Path) -> None:
+    write_pid(pid_path)
+    time.sleep(60)
+
+
 def initializer_failing_times(counter: Path, failures: int) -> None:
     """Raise the first ``failures`` times it runs (in any worker), then succeed."""
     runs = int(counter.read_text() or "0") if counter.exists() else 0
