@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint soak demo clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,12 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict src
+
+# The soak and fuzz tests at full size: 1 000 000 calls through one pool on each backend, and
+# many more random cancellation scenarios (about 15 minutes).
+soak: venv
+	ANYPOOL_SOAK_CALLS=1000000 ANYPOOL_FUZZ_ITERATIONS=200 ANYPOOL_FUZZ_EXAMPLES=100 \
+		$(BIN)/python -m pytest -m soak -p no:randomly -q
 
 demo: venv
 	$(BIN)/python examples/demo.py

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import anypool
 import workers
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.soak]
 
 EXAMPLES = int(os.environ.get("ANYPOOL_FUZZ_EXAMPLES", "6"))
 

@@ -166,7 +166,8 @@ class Channel(anyio.abc.ObjectStream[Any]):
                     with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                         await self._write(protocol.CLOSE, b"")
                     await self._wait_until(lambda: False)
-                await self._kill()
+                # It had kill_grace to return after the close: no second grace for SIGTERM.
+                await self._kill(at_once=True)
 
     async def __aenter__(self) -> Channel:
         """Start the function in a worker."""
@@ -344,17 +345,18 @@ class Channel(anyio.abc.ObjectStream[Any]):
                 self._release_pending = False
                 self._release(worker)
 
-    async def _kill(self) -> None:
-        """Terminate the worker unless the function ended: SIGTERM, then SIGKILL after
-        ``kill_grace``; return once it is reaped."""
+    async def _kill(self, *, at_once: bool = False) -> None:
+        """Kill the worker unless the function ended: SIGTERM, then SIGKILL after
+        ``kill_grace`` (SIGKILL at once if ``at_once``); return once it is reaped."""
         if self._ended:
             return
         worker = self._worker
         assert worker is not None
         self._killing = self._closing = True
-        worker.signal(signal.SIGTERM)
-        with anyio.move_on_after(self._core.kill_grace):
-            await self._wait_until(lambda: False)
+        if not at_once:
+            worker.signal(signal.SIGTERM)
+            with anyio.move_on_after(self._core.kill_grace):
+                await self._wait_until(lambda: False)
         if not self._ended:
             worker.signal(signal.SIGKILL)
             await self._wait_until(lambda: False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -134,7 +135,11 @@ class _Stream:
                 with anyio.fail_after(core.kill_grace):
                     while (await worker.receive())[0] == protocol.ITEM:
                         pass
-            except (TimeoutError, ChannelClosed):
+            except TimeoutError:
+                # It had kill_grace to finish after GeneratorExit: no second grace for SIGTERM.
+                worker.signal(signal.SIGKILL)
+                await core.stop_busy(worker, terminate=False)
+            except ChannelClosed:
                 await core.stop_busy(worker, terminate=True)
             else:
                 self._release(worker)

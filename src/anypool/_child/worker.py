@@ -66,6 +66,8 @@ def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
         result = _call(fn, args, kwargs, event_loop)
     except BaseException as error:
         return protocol.ERROR, _report(error)
+    if fn is apply_to_chunk:
+        return protocol.RESULT, _dump_chunk_outcome(args[0], *result)
     return _outcome(fn, result)
 
 
@@ -74,10 +76,35 @@ def _outcome(fn: Any, result: Any) -> tuple[int, bytes]:
     pickled."""
     try:
         return protocol.RESULT, dumps(result)
-    except Exception as error:
-        failure = SerializationError(f"could not pickle the result of {describe(fn)}: {error}")
-        failure.__cause__ = error
-        return protocol.ERROR, _report(failure)
+    # BaseException: a __reduce__ may raise anything, and must not end the worker.
+    except BaseException as error:
+        return protocol.ERROR, _unpicklable(f"the result of {describe(fn)}", result, error)
+
+
+def _dump_chunk_outcome(fn: Any, results: list[Any], failures: list[int], seconds: float) -> bytes:
+    """Pickle what apply_to_chunk returned; a result that cannot be pickled becomes a failure
+    of its own item, named after ``fn``, and the others are delivered."""
+    try:
+        return dumps((results, failures, seconds))
+    except BaseException:
+        pass
+    failed = set(failures)
+    for position, result in enumerate(results):
+        if position in failed:
+            continue
+        try:
+            dumps(result)
+        except BaseException as error:
+            results[position] = _unpicklable(f"the result of {describe(fn)}", result, error)
+            failed.add(position)
+    return dumps((results, sorted(failed), seconds))
+
+
+def _unpicklable(what: str, obj: Any, error: BaseException) -> bytes:
+    """The ErrorReport of a SerializationError: ``what`` (``obj``) could not be pickled."""
+    failure = SerializationError(f"could not pickle {what} ({describe(obj)}): {error!r}")
+    failure.__cause__ = error
+    return _report(failure)
 
 
 def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
@@ -199,6 +226,10 @@ def _pickle_item(item: Any, generator: Any) -> tuple[int, bytes]:
         return protocol.ITEM, dumps_item(item, f"yielded by {generator.__qualname__}")
     except SerializationError as error:
         return protocol.ERROR, _report(error)
+    except BaseException as error:  # from a __reduce__: it must not end the worker
+        return protocol.ERROR, _unpicklable(
+            f"an item yielded by {generator.__qualname__}", item, error
+        )
 
 
 def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event_loop: str) -> Any:
@@ -263,7 +294,8 @@ def _report(error: BaseException) -> bytes:
             exception = dumps(error)
             # Unpickling can fail where pickling worked (an __init__ with other arguments).
             loads(exception)
-        except Exception:
+        # BaseException: a __reduce__ may raise SystemExit; that must not end the worker.
+        except BaseException:
             exception = None
     cls = type(error)
     name = (
@@ -271,6 +303,6 @@ def _report(error: BaseException) -> bytes:
     )
     try:
         message = str(error)
-    except Exception:
+    except BaseException:
         message = "<str() of the exception failed>"
     return dumps(protocol.ErrorReport(exception, name, message, text))
