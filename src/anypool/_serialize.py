@@ -97,8 +97,15 @@ class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
     )
 
 
+# Values that hold no function or class: the plain C pickler is right for them, and a pickler
+# object of our own would cost more than pickling a number does.
+_PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
 def dumps(obj: object) -> bytes:
     """Pickle ``obj``, by value where it cannot be found by reference (cloudpickle)."""
+    if type(obj) in _PLAIN_TYPES:
+        return pickle.dumps(obj, PROTOCOL)
     file = io.BytesIO()
     try:
         _ByReferencePickler(file, PROTOCOL).dump(obj)

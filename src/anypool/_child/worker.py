@@ -156,13 +156,18 @@ def _start_generator(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 class _Credit:
     """How many more items the parent will take; its messages are read between items."""
 
+    # How often a generator with credit left looks for the parent's messages (a CLOSE): a
+    # look is a system call, which a fast generator would otherwise make for every item.
+    LOOK_EVERY = 0.001
+
     def __init__(self, pipe: Pipe, buffer: int) -> None:
         self._pipe = pipe
         self._available = buffer
+        self._next_look = 0.0
 
     def take(self) -> bool:
         """Wait until one more item may be made and count it; ``False``: close instead."""
-        while self._available == 0 or self._pipe.pending():
+        while self._available == 0 or (self._look() and self._pipe.pending()):
             try:
                 message = self._pipe.receive()
             except TimeoutError:  # the idle timeout; a stream waiting for its consumer is busy
@@ -171,6 +176,13 @@ class _Credit:
                 return False
             self._available += protocol.COUNT.unpack(message[1])[0]
         self._available -= 1
+        return True
+
+    def _look(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_look:
+            return False
+        self._next_look = now + self.LOOK_EVERY
         return True
 
 
