@@ -110,9 +110,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
         """
         self._check_entered()
         if self._taken >= self._ack_batch and not (self._ended or self._closing):
-            count = self._taken
-            await self._write(protocol.CREDIT, protocol.COUNT.pack(count))
-            self._taken -= count
+            await self._acknowledge()
         await self._wait_until(lambda: self._inbox)
         if self._closing or not self._inbox:
             self._raise_end(receiving=True)
@@ -142,9 +140,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
             if self._inbox and not self._ended:
                 self._taken += len(self._inbox)
                 self._inbox.clear()
-                count = self._taken
-                await self._write(protocol.CREDIT, protocol.COUNT.pack(count))
-                self._taken -= count
+                await self._acknowledge()
         self._inbox.clear()
         if self._closing or self._broken or self._error is not None:
             self._raise_end(receiving=False)
@@ -309,6 +305,16 @@ class Channel(anyio.abc.ObjectStream[Any]):
         self._core.end_session(failed=None if self._killing else error is not None)
 
     # --- helpers -------------------------------------------------------------------------------
+
+    async def _acknowledge(self) -> None:
+        """Tell the function of the items taken, so that it may send as many more."""
+        # Counted out before the write: another task receiving meanwhile must not send them too.
+        count, self._taken = self._taken, 0
+        try:
+            await self._write(protocol.CREDIT, protocol.COUNT.pack(count))
+        except BaseException:
+            self._taken += count
+            raise
 
     def _release(self, worker: WorkerHandle) -> None:
         worker.calls += 1
