@@ -16,7 +16,7 @@ import pytest
 import anypool
 import anypool._pool as anypool_pool
 import workers
-from support import gone, pool_processes, read_pid, stays_true
+from support import gone, pool_processes, read_pid, run_script, stays_true, write_script
 
 pytestmark = pytest.mark.anyio
 
@@ -351,3 +351,29 @@ async def test_broken_worker_error_reports_the_exit_code_under_every_start_metho
         assert (info.value.pid, info.value.exitcode) == (pid, 7)
         assert gone(pid)
         assert await pool.run(workers.square, 5) == 25
+
+
+UNGUARDED_SCRIPT = """
+    import anyio
+
+    import anypool
+
+
+    async def main():
+        async with anypool.Pool(1, start_method=START_METHOD) as pool:
+            try:
+                await pool.run(abs, -1)
+            except anypool.BrokenWorkerError as error:
+                print("caught:", error)
+
+
+    anyio.run(main)  # no `if __name__ == "__main__":` guard
+"""
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_script_without_a_main_guard_is_told_what_to_add(start_method: str, tmp_path) -> None:
+    code = UNGUARDED_SCRIPT.replace("START_METHOD", repr(start_method))
+    output = run_script(write_script(tmp_path, code)).stdout
+    assert "exited with code 1 during the call to abs" in output
+    assert 'needs an `if __name__ == "__main__":` guard' in output

@@ -293,7 +293,10 @@ class Channel(anyio.abc.ObjectStream[Any]):
         else:
             self._end(
                 error=BrokenWorkerError(
-                    worker.pid, exitcode, f"the channel to {describe(self._fn)}"
+                    worker.pid,
+                    exitcode,
+                    f"the channel to {describe(self._fn)}",
+                    first_call=worker.calls == 0,
                 )
             )
 

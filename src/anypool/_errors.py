@@ -69,7 +69,9 @@ class BrokenWorkerError(RuntimeError):
         signal_name: the name of that signal (``"SIGKILL"``, ``"SIGSEGV"``, ...), else ``None``.
     """
 
-    def __init__(self, pid: int, exitcode: int | None, during: str) -> None:
+    def __init__(
+        self, pid: int, exitcode: int | None, during: str, *, first_call: bool = False
+    ) -> None:
         self.pid = pid
         self.exitcode = exitcode
         self.signal_name = _signal_name(exitcode)
@@ -79,7 +81,15 @@ class BrokenWorkerError(RuntimeError):
             how = "stopped answering"
         else:
             how = f"exited with code {exitcode}"
-        super().__init__(f"worker process {pid} {how} during {during}")
+        message = f"worker process {pid} {how} during {during}"
+        if first_call and exitcode == 1:
+            # What multiprocessing's own start-up failures look like, the classic one included.
+            message += (
+                "; it had run no call before, so it may have failed while starting (its error is"
+                " on stderr): under the forkserver and spawn start methods, a script that uses a"
+                ' pool needs an `if __name__ == "__main__":` guard'
+            )
+        super().__init__(message)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_broken_worker_error, (self.pid, self.exitcode, str(self)))

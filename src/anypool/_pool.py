@@ -376,7 +376,9 @@ class _PoolCore:
                     f"the pool was terminated during the call to {describe(fn)}"
                 ) from None
             self.calls_failed += 1
-            raise BrokenWorkerError(worker.pid, exitcode, f"the call to {describe(fn)}") from None
+            raise BrokenWorkerError(
+                worker.pid, exitcode, f"the call to {describe(fn)}", first_call=worker.calls == 0
+            ) from None
         except BaseException:
             # Cancelled (or interrupted) while the worker runs the call.
             self.calls_running -= 1

@@ -86,7 +86,10 @@ class _Stream:
                     f"the pool was terminated during the stream of {describe(self._fn)}"
                 ) from None
             raise BrokenWorkerError(
-                worker.pid, exitcode, f"the stream of {describe(self._fn)}"
+                worker.pid,
+                exitcode,
+                f"the stream of {describe(self._fn)}",
+                first_call=worker.calls == 0,
             ) from None
         except BaseException:
             # Cancelled: close the generator as when the consumer leaves early.
