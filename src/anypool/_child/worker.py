@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import signal
 import time
@@ -114,8 +115,7 @@ def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
         fn, args, kwargs, event_loop, buffer = loads(payload)
         channel = ChannelState(pipe, buffer)
         run_blocking(pipe, channel.start(buffer))
-        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
-        end = AsyncChannelEnd(channel, event_loop) if is_async else ChannelEnd(channel)
+        end = AsyncChannelEnd(channel, event_loop) if _is_async(fn) else ChannelEnd(channel)
         outcome = _outcome(fn, _call(fn, (end, *args), kwargs, event_loop))
     except BaseException as error:
         outcome = protocol.ERROR, _report(error)
@@ -260,23 +260,30 @@ def apply_to_chunk(
     started = time.perf_counter()
     results: list[Any] = []
     failures: list[int] = []
-    append = results.append
+    call = functools.partial(_call_async, fn, event_loop) if _is_async(fn) else fn
     position = 0
     while position < len(items):
         try:
-            # The loop that matters for tiny functions: nothing in it but the call.
-            for item in items[position:] if position else items:
-                result = fn(item)
-                if type(result) is types.CoroutineType:
-                    result = _run_coroutine(result, event_loop)
-                append(result)
+            # The loop that matters for tiny functions, in C: list.extend keeps the results
+            # before an item that raised, so the length says which one it was.
+            results.extend(map(call, items[position:] if position else items))
         except BaseException as error:
             failures.append(len(results))
-            append(_report(error))
+            results.append(_report(error))
             if stop_at_error:
                 break
         position = len(results)
     return results, failures, time.perf_counter() - started
+
+
+def _call_async(fn: Any, event_loop: str, item: Any) -> Any:
+    return _call(fn, (item,), {}, event_loop)
+
+
+def _is_async(fn: Any) -> bool:
+    """Whether calling ``fn`` returns a coroutine to run (an ``async def``, or an object whose
+    ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def _run_coroutine(coroutine: Coroutine[Any, Any, Any], event_loop: str) -> Any:
