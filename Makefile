@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: venv test lint soak demo clean
+.PHONY: venv test lint soak bench demo clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,dev]'
+	$(BIN)/python -m pip install -e '.[test,dev,bench]'
 	touch $@
 
 test: venv
@@ -32,6 +32,11 @@ lint: venv
 soak: venv
 	ANYPOOL_SOAK_CALLS=1000000 ANYPOOL_FUZZ_ITERATIONS=200 ANYPOOL_FUZZ_EXAMPLES=100 \
 		$(BIN)/python -m pytest -m soak -p no:randomly -q
+
+# anypool against its peers, every scenario (about 10 minutes); writes docs/benchmarks.md and
+# its plots. `make bench BENCH_OPTIONS=--quick` checks that it runs, in under a minute.
+bench: venv
+	$(BIN)/python -m benchmarks $(BENCH_OPTIONS)
 
 demo: venv
 	$(BIN)/python examples/demo.py

@@ -1,0 +1,1 @@
+"""The benchmark: anypool against its peers (``python -m benchmarks``)."""

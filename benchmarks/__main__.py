@@ -1,0 +1,150 @@
+"""anypool against its peers, every scenario, in one run on this machine.
+
+    python -m benchmarks [--quick] [--workers N] [--output DIR] [--only SCENARIO ...]
+
+Each contender runs in a fresh interpreter of its own, with the same number of workers; each
+scenario runs on asyncio and on trio where the contender supports it, several times, and the
+report gives medians and anypool's ratio to the best peer. The floor of this machine (a raw
+pipe round trip, a memory copy) is measured in the same run. The full run writes
+``docs/benchmarks.md`` and its plots; ``--quick`` runs everything small, to check that it works,
+and writes to ``--output`` (default: a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anypool
+from benchmarks import contenders, floor, report, scenarios
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_contender(name: str, workers: int, size: str, keys: list[str]) -> dict[str, Any]:
+    """One contender's results, measured in a fresh interpreter."""
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.runner", name, str(workers), size, *keys],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if process.returncode != 0:
+        error = process.stderr.strip().splitlines()[-1:] or [f"exit code {process.returncode}"]
+        print(f"  {name} failed: {error[0]}", file=sys.stderr)
+        return {key: {"error": error[0]} for key in keys}
+    if process.stderr.strip():
+        print(process.stderr.rstrip(), file=sys.stderr)
+    results: dict[str, Any] = json.loads(process.stdout)
+    return results
+
+
+def cold_first_call(name: str, backend: str, workers: int, repeat: int) -> dict[str, Any]:
+    samples = []
+    for _ in range(repeat):
+        process = subprocess.run(
+            [sys.executable, "-m", "benchmarks.cold", name, backend, str(workers)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if process.returncode != 0:
+            return {"error": (process.stderr.strip().splitlines() or ["failed"])[-1]}
+        samples.append(float(process.stdout.split()[-1]))
+    return {"seconds": statistics.median(samples)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="everything small: under a minute")
+    parser.add_argument("--workers", type=int, default=anypool.cpu_count())
+    parser.add_argument("--output", type=Path, help="where the report and plots go")
+    parser.add_argument("--only", nargs="+", metavar="SCENARIO", help="these scenarios only")
+    parser.add_argument("--contenders", nargs="+", metavar="NAME", help="these contenders only")
+    parser.add_argument(
+        "--scaling",
+        type=int,
+        nargs="*",
+        metavar="WORKERS",
+        help="worker counts for the scaling table (default: 1, 2, 4, ... up to the CPUs)",
+    )
+    options = parser.parse_args()
+    size = "quick" if options.quick else "full"
+    sizes = scenarios.QUICK if options.quick else scenarios.FULL
+    output: Path = options.output or (
+        Path(tempfile.mkdtemp(prefix="anypool-bench-")) if options.quick else ROOT / "docs"
+    )
+    keys = [s.key for s in scenarios.SCENARIOS if not options.only or s.key in options.only]
+    chosen = [
+        contender
+        for contender in contenders.CONTENDERS
+        if not options.contenders or contender.name in options.contenders
+    ]
+    started = time.monotonic()
+
+    results: dict[str, dict[str, Any]] = {}
+    for contender in chosen:
+        if not contender.installed():
+            print(f"{contender.name}: not installed (pip install anypool[bench])", file=sys.stderr)
+            continue
+        print(f"measuring {contender.name} ...", file=sys.stderr)
+        measured = [k for k in keys if k != "cold"]
+        results[contender.name] = run_contender(contender.name, options.workers, size, measured)
+        if "cold" in keys and scenarios.by_key("cold").applies(contender):
+            results[contender.name]["cold"] = {
+                backend: cold_first_call(
+                    contender.name, backend, options.workers, sizes.cold_repeat
+                )
+                for backend in contender.backends
+            }
+
+    scaling: dict[int, dict[str, Any]] = {}
+    counts = options.scaling
+    if counts is None:
+        counts = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= anypool.cpu_count()]
+    if not options.only or {"map", "cpu"} & set(options.only):
+        names = [
+            name
+            for name in report.SCALING_CONTENDERS
+            if contenders.by_name(name).installed()
+            and (not options.contenders or name in options.contenders)
+        ]
+        for workers in counts:
+            if workers == options.workers:
+                scaling[workers] = {name: results.get(name, {}) for name in names}
+                continue
+            print(f"scaling: {workers} workers ...", file=sys.stderr)
+            scaling[workers] = {
+                name: run_contender(name, workers, size, ["map", "cpu"]) for name in names
+            }
+
+    machine_floor = floor.measure(sizes.big_bytes)
+    run = report.Run(
+        quick=options.quick,
+        workers=options.workers,
+        sizes=sizes,
+        results=results,
+        scaling=scaling,
+        floor=machine_floor,
+        seconds=time.monotonic() - started,
+    )
+    print(report.summary(run))
+    path = report.write(run, output)
+    print(f"report: {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""The benchmark's report: a summary on the terminal, a Markdown page and its plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import anypool
+from benchmarks import contenders
+from benchmarks.scenarios import SCENARIOS, Metric, Scenario, Sizes
+
+SCALING_CONTENDERS = ("anypool", "multiprocessing.Pool", "ProcessPoolExecutor")
+"""Measured at each worker count: anypool and the peers fastest at map."""
+
+ANYPOOL_ROWS = ("anypool", "anypool (batches)")
+
+
+@dataclasses.dataclass
+class Run:
+    quick: bool
+    workers: int
+    sizes: Sizes
+    results: dict[str, dict[str, Any]]
+    """contender -> scenario -> backend -> metric -> value (or ``{"error": ...}``)."""
+    scaling: dict[int, dict[str, Any]]
+    """workers -> contender -> scenario -> backend -> metric -> value."""
+    floor: dict[str, float]
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """anypool's value for one metric on one event loop, and the best peer's."""
+
+    scenario: Scenario
+    metric: Metric
+    backend: str
+    anypool_row: str
+    value: float
+    best_peer: str | None
+    best_value: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.best_value is None or self.best_value == 0:
+            return None
+        return self.value / self.best_value
+
+    @property
+    def met(self) -> bool | None:
+        ratio, goal = self.ratio, self.metric.goal
+        if ratio is None or goal is None:
+            return None
+        return ratio <= goal if self.metric.better == "lower" else ratio >= goal
+
+
+def value(
+    results: dict[str, Any], name: str, scenario: str, backend: str, metric: str
+) -> float | None:
+    found = results.get(name, {}).get(scenario, {}).get(backend, {}).get(metric)
+    return found if isinstance(found, (int, float)) else None
+
+
+def comparisons(run: Run) -> list[Comparison]:
+    found = []
+    for scenario in SCENARIOS:
+        for metric in scenario.metrics:
+            for backend in ("asyncio", "trio"):
+                peers = {
+                    name: v
+                    for name in run.results
+                    if name not in ANYPOOL_ROWS
+                    and (metric.against is None or name in metric.against)
+                    and (v := value(run.results, name, scenario.key, backend, metric.key))
+                    is not None
+                }
+                best = None
+                if peers:
+                    pick = min if metric.better == "lower" else max
+                    best = pick(peers, key=peers.__getitem__)
+                for row in ANYPOOL_ROWS:
+                    mine = value(run.results, row, scenario.key, backend, metric.key)
+                    if mine is None:
+                        continue
+                    found.append(
+                        Comparison(
+                            scenario,
+                            metric,
+                            backend,
+                            row,
+                            mine,
+                            best,
+                            None if best is None else peers[best],
+                        )
+                    )
+    return found
+
+
+def _number(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    if unit == "":
+        text = f"{x:.3f}"
+    elif abs(x) >= 1000:
+        text = f"{x:,.0f}"
+    elif abs(x) >= 10:
+        text = f"{x:.1f}"
+    else:
+        text = f"{x:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def _verdict(comparison: Comparison) -> str:
+    goal = comparison.metric.goal
+    if goal is None or comparison.met is None:
+        return ""
+    sign = "≤" if comparison.metric.better == "lower" else "≥"
+    return f"goal {sign} {goal:.2g}x: {'met' if comparison.met else 'NOT met'}"
+
+
+def summary(run: Run) -> str:
+    lines = [
+        f"anypool benchmark ({'quick' if run.quick else 'full'}), {run.workers} workers, "
+        f"{run.seconds:.0f} s",
+        f"floor: pipe round trip {run.floor['pipe_round_trip_us']:.1f} µs, "
+        f"memcpy of {run.sizes.big_bytes >> 20} MiB {run.floor['memcpy_ms']:.2f} ms",
+        f"{'scenario':44s} {'loop':8s} {'anypool':>14s} {'best peer':>14s}  ratio",
+    ]
+    for c in comparisons(run):
+        label = f"{c.scenario.key}: {c.metric.label}"
+        if c.anypool_row != "anypool":
+            label += " [batches]"
+        ratio = "-" if c.ratio is None else f"{c.ratio:.2f}x"
+        lines.append(
+            f"{label[:44]:44s} {c.backend:8s} {_number(c.value, c.metric.unit):>14s} "
+            f"{_number(c.best_value, c.metric.unit):>14s}  {ratio:6s} {c.best_peer or ''} "
+            f"{_verdict(c)}"
+        )
+    return "\n".join(lines)
+
+
+# --- the Markdown page -----------------------------------------------------------------------
+
+
+def _machine() -> list[str]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 2**20:.0f} GiB of memory"
+    except (OSError, ValueError, IndexError):
+        pass
+    return [
+        f"- Machine: {model}, {os.cpu_count()} CPUs ({anypool.cpu_count()} usable){memory}",
+        f"- System: {platform.platform()}",
+        f"- Python {contenders.python_version()}",
+    ]
+
+
+def _scenario_table(run: Run, scenario: Scenario) -> list[str]:
+    backends = [
+        backend
+        for backend in ("asyncio", "trio")
+        if any(backend in r.get(scenario.key, {}) for r in run.results.values())
+    ]
+    header = ["contender"] + [
+        f"{m.label} ({b})" + (f", {m.unit}" if m.unit else "")
+        for m in scenario.metrics
+        for b in backends
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, measured in run.results.items():
+        if scenario.key not in measured:
+            continue
+        cells = [f"**{name}**" if name in ANYPOOL_ROWS else name]
+        for metric in scenario.metrics:
+            for backend in backends:
+                entry = measured[scenario.key].get(backend)
+                if entry is None:
+                    cells.append("n/a")
+                elif "error" in entry:
+                    cells.append("error: " + str(entry["error"])[:60].replace("|", "/"))
+                else:
+                    cells.append(_number(entry.get(metric.key)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _floor_lines(run: Run, scenario: Scenario) -> list[str]:
+    floors = {
+        "round_trip": ("a raw pipe round trip", run.floor["pipe_round_trip_us"], "µs", "median"),
+        "bytes": ("two copies of the payload", 2 * run.floor["memcpy_ms"], "ms", "seconds"),
+        "array": ("two copies of the payload", 2 * run.floor["memcpy_ms"], "ms", "seconds"),
+    }
+    if scenario.key not in floors:
+        return []
+    what, amount, unit, key = floors[scenario.key]
+    parts = []
+    for backend in ("asyncio", "trio"):
+        mine = value(run.results, "anypool", scenario.key, backend, key)
+        if mine is not None:
+            parts.append(f"{backend} {mine / amount:.1f}x")
+    return [f"Floor: {what} takes {_number(amount, unit)} here; anypool takes " + ", ".join(parts)]
+
+
+def write(run: Run, output: Path) -> Path:
+    """Write ``benchmarks.md`` and its plots into ``output``; the page's path."""
+    output.mkdir(parents=True, exist_ok=True)
+    plots = output / "benchmarks"
+    plots.mkdir(exist_ok=True)
+    sizes = run.sizes
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    lines = [
+        "# Benchmarks: anypool and its peers",
+        "",
+        "Written by `make bench` (`python -m benchmarks`); every number below comes from one run"
+        " on one machine, so the ratios compare like with like. Medians of"
+        f" {sizes.repeat} runs; each contender ran in a fresh interpreter with {run.workers}"
+        " workers, on asyncio and on trio where it supports it. Peers run with their"
+        " cancellation option switched on where they have one (anyio.to_process"
+        " `cancellable=True`, trio-parallel `kill_on_cancel=True`, pebble's future `cancel()`),"
+        " their default start method, and for `map` the chunk size multiprocessing's `Pool.map`"
+        " picks (items / (4 x workers)).",
+        "",
+        f"- Date: {today}{' (quick mode: sizes too small to mean much)' if run.quick else ''}",
+        *_machine(),
+        f"- anypool {contenders.by_name('anypool').version()}; peers: "
+        + ", ".join(
+            f"{c.name} {c.version()}"
+            for c in contenders.CONTENDERS
+            if c.name not in ANYPOOL_ROWS and c.name in run.results
+        ),
+        f"- The whole run took {run.seconds / 60:.1f} minutes.",
+        "",
+        "## anypool against the best peer",
+        "",
+        "| scenario | event loop | anypool | best peer | ratio | goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in comparisons(run):
+        label = f"{c.scenario.title}: {c.metric.label}"
+        if c.anypool_row != "anypool":
+            label += " (batches)"
+        ratio = "-" if c.ratio is None else f"{c.ratio:.2f}x"
+        lines.append(
+            f"| {label} | {c.backend} | {_number(c.value, c.metric.unit)} | "
+            f"{_number(c.best_value, c.metric.unit)} ({c.best_peer or 'none'}) | {ratio} | "
+            f"{_verdict(c)} |"
+        )
+    lines += [
+        "",
+        f"Sizes: {sizes.round_trips} sequential calls for the round trip; "
+        f"{sizes.concurrent_calls} concurrent calls; map over {sizes.map_items:,} items; "
+        f"{sizes.cpu_tasks} tasks of {sizes.cpu_seconds * 1e3:.0f} ms of CPU each; "
+        f"{sizes.big_bytes >> 20} MiB payloads; {sizes.stream_items:,} streamed ints; "
+        f"busy calls of {sizes.busy_seconds} s cancelled after 0.3 s.",
+        "",
+    ]
+    for scenario in SCENARIOS:
+        if not any(scenario.key in r for r in run.results.values()):
+            continue
+        lines += [f"## {scenario.title}", "", *_scenario_table(run, scenario), ""]
+        lines += [*_floor_lines(run, scenario), ""]
+        if _plot_scenario(run, scenario, plots / f"{scenario.key}.png"):
+            lines += [f"![{scenario.title}](benchmarks/{scenario.key}.png)", ""]
+    lines += _scaling_section(run, plots / "scaling.png")
+    page = output / "benchmarks.md"
+    page.write_text("\n".join(lines).rstrip() + "\n")
+    return page
+
+
+def _scaling_section(run: Run, plot: Path) -> list[str]:
+    if not run.scaling:
+        return []
+    counts = sorted(run.scaling)
+    lines = [
+        "## Scaling with the number of workers",
+        "",
+        f"On this machine ({anypool.cpu_count()} usable CPUs), for 1 to {counts[-1]} workers"
+        " (asyncio). A machine with more cores would extend the table; none was at hand for"
+        " this run."
+        if counts[-1] <= 2
+        else f"For 1 to {counts[-1]} workers (asyncio).",
+        "",
+        "| workers | "
+        + " | ".join(f"{name}: map items/s" for name in SCALING_CONTENDERS)
+        + " | "
+        + " | ".join(f"{name}: CPU efficiency" for name in SCALING_CONTENDERS)
+        + " |",
+        "|---|" + "---|" * (2 * len(SCALING_CONTENDERS)),
+    ]
+    for workers in counts:
+        cells = [str(workers)]
+        for scenario, metric in (("map", "rate"), ("cpu", "efficiency")):
+            for name in SCALING_CONTENDERS:
+                number = value(run.scaling[workers], name, scenario, "asyncio", metric)
+                cells.append(_number(number, "" if metric == "efficiency" else " "))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if _plot_scaling(run, plot):
+        lines += ["![Scaling](benchmarks/scaling.png)", ""]
+    return lines
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def _plot_scenario(run: Run, scenario: Scenario, path: Path) -> bool:
+    plt = _pyplot()
+    if plt is None:
+        return False
+    metric = scenario.metrics[0]
+    names = [name for name in run.results if scenario.key in run.results[name]]
+    backends = ("asyncio", "trio")
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.4))
+    height = 0.38
+    for offset, backend in enumerate(backends):
+        numbers = [value(run.results, n, scenario.key, backend, metric.key) for n in names]
+        positions = [i + (offset - 0.5) * height for i in range(len(names))]
+        axes.barh(
+            [p for p, v in zip(positions, numbers, strict=True) if v is not None],
+            [v for v in numbers if v is not None],
+            height=height,
+            label=backend,
+        )
+    axes.set_yticks(range(len(names)), names)
+    axes.invert_yaxis()
+    better = "lower" if metric.better == "lower" else "higher"
+    unit = f" ({metric.unit})" if metric.unit else ""
+    axes.set_xlabel(f"{metric.label}{unit}, {better} is better")
+    axes.set_title(scenario.title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def _plot_scaling(run: Run, path: Path) -> bool:
+    plt = _pyplot()
+    if plt is None:
+        return False
+    counts = sorted(run.scaling)
+    figure, (rate_axes, efficiency_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in SCALING_CONTENDERS:
+        rates = [value(run.scaling[n], name, "map", "asyncio", "rate") for n in counts]
+        efficiency = [value(run.scaling[n], name, "cpu", "asyncio", "efficiency") for n in counts]
+        rate_axes.plot(counts, [r or 0 for r in rates], marker="o", label=name)
+        efficiency_axes.plot(counts, [e or 0 for e in efficiency], marker="o", label=name)
+    rate_axes.set(xlabel="workers", ylabel="map items/s", title="map of a no-op")
+    efficiency_axes.set(xlabel="workers", ylabel="ideal / wall", title="CPU efficiency")
+    efficiency_axes.set_ylim(0, 1.05)
+    for axes in (rate_axes, efficiency_axes):
+        axes.set_xticks(counts)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

@@ -1,0 +1,308 @@
+"""What is measured: each scenario is an async function of a contender's session.
+
+A scenario returns its metrics as a dict of numbers; the runner repeats it and keeps medians.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import anyio
+
+from benchmarks import tasks
+from benchmarks.contenders import Contender, Session
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much work each scenario does: ``FULL`` for the report, ``QUICK`` to check it runs."""
+
+    repeat: int
+    round_trips: int
+    concurrent_calls: int
+    map_items: int
+    cpu_tasks: int
+    cpu_seconds: float
+    big_bytes: int
+    stream_items: int
+    busy_seconds: float
+    cold_repeat: int
+    hold_seconds: float
+    """How long each warm-up call holds its worker, so that the calls reach every worker."""
+
+
+FULL = Sizes(
+    repeat=5,
+    round_trips=2000,
+    concurrent_calls=3000,
+    map_items=200_000,
+    cpu_tasks=40,
+    cpu_seconds=0.05,
+    big_bytes=32 << 20,
+    stream_items=200_000,
+    busy_seconds=2.0,
+    cold_repeat=5,
+    hold_seconds=0.2,
+)
+QUICK = Sizes(
+    repeat=1,
+    round_trips=100,
+    concurrent_calls=300,
+    map_items=5_000,
+    cpu_tasks=8,
+    cpu_seconds=0.02,
+    big_bytes=1 << 20,
+    stream_items=5_000,
+    busy_seconds=0.5,
+    cold_repeat=1,
+    hold_seconds=0.05,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    better: Literal["lower", "higher"]
+    goal: float | None = None
+    """The ratio to the best peer that anypool aims for (at most, when lower is better)."""
+    against: tuple[str, ...] | None = None
+    """The peers the goal compares with; ``None``: the best of all."""
+
+
+Measure = Callable[[Session, int, Sizes], Awaitable[dict[str, float]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    metrics: tuple[Metric, ...]
+    measure: Measure | None
+    """``None``: measured by the runner itself (in fresh processes)."""
+    applies: Callable[[Contender], bool]
+    runs_on_trio: bool = True
+
+
+async def warm_up(session: Session, workers: int, sizes: Sizes) -> list[int]:
+    return await session.warm_up(workers, sizes.hold_seconds)
+
+
+async def round_trip(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    await warm_up(session, workers, sizes)
+    samples = []
+    for _ in range(sizes.round_trips):
+        started = time.perf_counter()
+        await session.run(tasks.noop)
+        samples.append(time.perf_counter() - started)
+    samples.sort()
+    return {
+        "median": statistics.median(samples) * 1e6,
+        "p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e6,
+    }
+
+
+async def concurrent_calls(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    await warm_up(session, workers, sizes)
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(sizes.concurrent_calls):
+            group.start_soon(session.run, tasks.noop)
+    return {"rate": sizes.concurrent_calls / (time.perf_counter() - started)}
+
+
+async def map_throughput(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    await warm_up(session, workers, sizes)
+    items = list(range(sizes.map_items))
+    started = time.perf_counter()
+    results = await session.map(tasks.noop, items)
+    seconds = time.perf_counter() - started
+    if results != items:
+        raise RuntimeError("map returned wrong results")
+    return {"rate": len(items) / seconds}
+
+
+async def cpu_efficiency(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    iterations = tasks.calibrate_spin(sizes.cpu_seconds)
+    ideal = sizes.cpu_tasks * sizes.cpu_seconds / workers
+    await warm_up(session, workers, sizes)
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(sizes.cpu_tasks):
+            group.start_soon(session.run, tasks.spin, iterations)
+    return {"efficiency": ideal / (time.perf_counter() - started)}
+
+
+async def _echo_seconds(session: Session, value: Any, check: Callable[[Any], bool]) -> float:
+    await session.run(tasks.echo, value)  # the first one may start or grow buffers
+    best = []
+    for _ in range(3):
+        started = time.perf_counter()
+        result = await session.run(tasks.echo, value)
+        best.append(time.perf_counter() - started)
+        if not check(result):
+            raise RuntimeError("echo returned something else")
+    return statistics.median(best)
+
+
+async def bytes_round_trip(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    await warm_up(session, 1, sizes)
+    payload = os.urandom(1024) * (sizes.big_bytes // 1024)
+    seconds = await _echo_seconds(session, payload, lambda result: result == payload)
+    return {"seconds": seconds * 1e3}
+
+
+async def array_round_trip(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    import numpy
+
+    await warm_up(session, 1, sizes)
+    array = numpy.random.default_rng(0).random(sizes.big_bytes // 8)
+    seconds = await _echo_seconds(
+        session, array, lambda result: bool(numpy.array_equal(result, array))
+    )
+    return {"seconds": seconds * 1e3}
+
+
+async def stream_throughput(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    await warm_up(session, 1, sizes)
+    started = time.perf_counter()
+    await session.stream_count(sizes.stream_items)
+    return {"rate": sizes.stream_items / (time.perf_counter() - started)}
+
+
+async def cancel_then_next(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    """Every worker busy; cancel all their calls; how long until the next call is served."""
+    await warm_up(session, workers, sizes)
+    async with anyio.create_task_group() as group:
+        for _ in range(workers):
+            group.start_soon(session.run, tasks.busy, sizes.busy_seconds)
+        await anyio.sleep(0.3)
+        started = time.perf_counter()
+        group.cancel_scope.cancel()
+    await session.run(tasks.noop)
+    return {"seconds": (time.perf_counter() - started) * 1e3}
+
+
+async def memory(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    import psutil
+
+    parent = psutil.Process()
+    before = parent.memory_info().rss
+    pids = await warm_up(session, workers, sizes)
+    for _ in range(200):
+        await session.run(tasks.noop)
+    worker_rss = [psutil.Process(pid).memory_info().rss for pid in set(pids)]
+    return {
+        "parent": (parent.memory_info().rss - before) / 2**20,
+        "worker": statistics.mean(worker_rss) / 2**20,
+    }
+
+
+def _calls(contender: Contender) -> bool:
+    return contender.runs_calls and contender.name != "anypool (batches)"
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario(
+        "round_trip",
+        "Warm round trip of a no-op",
+        (
+            Metric("median", "median", "µs", "lower", goal=0.6),
+            Metric("p99", "p99", "µs", "lower"),
+        ),
+        round_trip,
+        _calls,
+    ),
+    Scenario(
+        "concurrent",
+        "Concurrent no-op calls",
+        (Metric("rate", "calls per second", "calls/s", "higher", goal=1.5),),
+        concurrent_calls,
+        _calls,
+    ),
+    Scenario(
+        "map",
+        "map of a no-op",
+        (Metric("rate", "items per second", "items/s", "higher", goal=1.5),),
+        map_throughput,
+        lambda contender: contender.maps,
+    ),
+    Scenario(
+        "cpu",
+        "CPU-bound tasks on every core",
+        (Metric("efficiency", "efficiency (ideal / wall)", "", "higher"),),
+        cpu_efficiency,
+        _calls,
+    ),
+    Scenario(
+        "bytes",
+        "Round trip of a large bytes object",
+        (Metric("seconds", "round trip", "ms", "lower", goal=1 / 1.5),),
+        bytes_round_trip,
+        _calls,
+    ),
+    Scenario(
+        "array",
+        "Round trip of a large float64 numpy array",
+        (Metric("seconds", "round trip", "ms", "lower", goal=1 / 5),),
+        array_round_trip,
+        _calls,
+    ),
+    Scenario(
+        "stream",
+        "Items a generator in a worker yields",
+        (Metric("rate", "items per second", "items/s", "higher"),),
+        stream_throughput,
+        lambda contender: contender.name == "anypool",
+    ),
+    Scenario(
+        "cancel",
+        "Cancel every busy worker, then the next call",
+        (
+            Metric(
+                "seconds",
+                "until the next call is served",
+                "ms",
+                "lower",
+                goal=0.3,
+                against=("anyio.to_process", "trio-parallel"),
+            ),
+        ),
+        cancel_then_next,
+        _calls,
+    ),
+    Scenario(
+        "cold",
+        "Cold first call on a fresh pool (a fresh interpreter)",
+        (
+            Metric(
+                "seconds", "first result", "ms", "lower", goal=0.3, against=("anyio.to_process",)
+            ),
+        ),
+        None,
+        _calls,
+    ),
+    Scenario(
+        "memory",
+        "Memory after warm-up",
+        (
+            Metric("parent", "parent RSS growth", "MiB", "lower"),
+            Metric("worker", "RSS per worker", "MiB", "lower"),
+        ),
+        memory,
+        _calls,
+    ),
+]
+
+
+def by_key(key: str) -> Scenario:
+    for scenario in SCENARIOS:
+        if scenario.key == key:
+            return scenario
+    raise KeyError(key)

@@ -1,0 +1,80 @@
+"""The functions every contender runs in its workers. They live in a module of their own so that
+every peer finds them by reference, whatever its start method."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def noop(x: T = None) -> T:  # type: ignore[assignment]
+    return x
+
+
+async def async_noop(x: T = None) -> T:  # type: ignore[assignment]
+    # aiomultiprocess runs coroutine functions only.
+    return x
+
+
+def echo(x: T) -> T:
+    return x
+
+
+async def async_echo(x: T) -> T:
+    return x
+
+
+def spin(iterations: int) -> int:
+    """CPU work: a pure-Python loop, the same amount whatever else the machine does."""
+    total = 0
+    for i in range(iterations):
+        total += i
+    return total
+
+
+async def async_spin(iterations: int) -> int:
+    return spin(iterations)
+
+
+def busy(seconds: float) -> None:
+    """Keep a core busy for ``seconds`` of wall time: a call that only a kill ends sooner."""
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+async def async_busy(seconds: float) -> None:
+    busy(seconds)
+
+
+def getpid_after(seconds: float) -> int:
+    """This worker's pid, after holding it for ``seconds`` (so that concurrent calls spread
+    over every worker)."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+async def async_getpid_after(seconds: float) -> int:
+    return getpid_after(seconds)
+
+
+def count_up() -> Iterator[int]:
+    number = 0
+    while True:
+        yield number
+        number += 1
+
+
+def calibrate_spin(seconds: float) -> int:
+    """The ``spin`` iterations that take ``seconds`` on one core of this machine."""
+    iterations = 100_000
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        spin(iterations)
+        best = min(best, time.perf_counter() - started)
+    return max(1, round(iterations * seconds / best))
