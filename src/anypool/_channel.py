@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import socket
+from typing import Any
 
 import anyio
 
-from ._protocol import FrameReader, encode_frame, unsent
+from ._protocol import FrameReader, Payload, encode_frame, receive_into, send_frame, unsent
 
 __all__ = ["ChannelClosed", "MessageChannel"]
 
@@ -28,10 +30,23 @@ class MessageChannel:
     several tasks are written one frame after the other.
     """
 
-    __slots__ = ("_fd", "_poller", "_reader", "_sending", "_waiter", "_watched_by", "cut_short")
+    __slots__ = (
+        "__weakref__",
+        "_fd",
+        "_poller",
+        "_reader",
+        "_sending",
+        "_socket",
+        "_waiter",
+        "_watched_by",
+        "cut_short",
+    )
 
     def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
+        """Take ``fd``, one end of a socket pair; the channel closes it."""
+        # A socket object for sendmsg/recvmsg, which carry shared memory's descriptors.
+        self._socket = socket.socket(fileno=fd)
+        self._socket.setblocking(False)
         self._fd = fd
         self._reader = FrameReader()
         self._poller = select.poll()
@@ -53,10 +68,19 @@ class MessageChannel:
         """Close this end; the worker sees end-of-file. Idempotent."""
         if self._fd >= 0:
             self._unwatch()
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+            self._fd = -1
+            self._socket.close()
+            self._reader.close()
 
-    async def send(self, kind: int, payload: bytes) -> None:
+    def forget_after_fork(self) -> None:
+        """In a process forked from this one: close this end without touching the event loop,
+        which belongs to the parent."""
+        if self._fd >= 0:
+            self._fd = -1
+            os.close(self._socket.detach())
+            self._reader.close()
+
+    async def send(self, kind: int, payload: Payload) -> None:
         """Send one frame. Frames sent by concurrent tasks go one after the other.
 
         Raises:
@@ -67,39 +91,47 @@ class MessageChannel:
             await self._sending.wait()
         if self.cut_short:
             raise ChannelClosed
-        parts, total = encode_frame(kind, payload)
-        # Usually one syscall writes the whole frame and we never wait.
-        sent = self._write(parts, 0)
-        if sent == total:
-            return
-        self._sending = sending = anyio.Event()
+        parts, total, fds = encode_frame(kind, payload)
         try:
-            while sent < total:
-                await anyio.wait_writable(self._fd)
-                sent += self._write(parts, sent)
-        except BaseException:
-            self.cut_short = sent > 0
-            raise
+            # Usually one syscall writes the whole frame and we never wait.
+            sent = self._write(parts, 0, fds)
+            if sent == total:
+                return
+            self._sending = sending = anyio.Event()
+            try:
+                while sent < total:
+                    await anyio.wait_writable(self._fd)
+                    sent += self._write(parts, sent, fds)
+            except BaseException:
+                self.cut_short = sent > 0
+                raise
+            finally:
+                self._sending = None
+                sending.set()
         finally:
-            self._sending = None
-            sending.set()
+            # Sent with the first byte (the worker holds them now), or not sent at all.
+            for fd in fds:
+                os.close(fd)
 
-    def _write(self, parts: list[bytes], sent: int) -> int:
+    def _write(self, parts: list[bytes], sent: int, fds: list[int]) -> int:
+        if self._fd < 0:
+            raise ChannelClosed
         try:
-            return os.write(self._fd, unsent(parts, sent)) if sent else os.writev(self._fd, parts)
+            if sent:
+                return self._socket.send(unsent(parts, sent))
+            return send_frame(self._socket, parts, fds)
         except BlockingIOError:
             return 0
         except (BrokenPipeError, ConnectionResetError, OSError) as error:
             raise ChannelClosed from error
 
-    async def receive(self) -> tuple[int, bytes | bytearray]:
-        """Wait for the next frame: its kind and its payload.
+    async def receive(self) -> tuple[int, Any]:
+        """Wait for the next frame: its kind and its payload (see ``FrameReader.next_frame``).
 
         Raises:
             ChannelClosed: the worker's end was closed (the worker exited) first.
         """
-        reader = self._reader
-        while (frame := reader.next_frame()) is None:
+        while (frame := self._next_frame()) is None:
             # Wait before reading: a frame we still lack has rarely arrived already, and an
             # empty read costs a syscall and an exception.
             loop = asyncio._get_running_loop()
@@ -141,29 +173,34 @@ class MessageChannel:
         if loop is not None and not loop.is_closed():
             loop.remove_reader(self._fd)
 
-    def receive_nowait(self) -> tuple[int, bytes | bytearray] | None:
+    def receive_nowait(self) -> tuple[int, Any] | None:
         """A frame that has already arrived in full, else ``None``.
 
         Raises:
             ChannelClosed: the worker's end was closed.
         """
-        frame = self._reader.next_frame()
+        frame = self._next_frame()
         # poll() first: it costs a third of a read that fails with EAGAIN.
         if frame is None and (self._fd < 0 or self._poller.poll(0)):
             self._read()
-            frame = self._reader.next_frame()
+            frame = self._next_frame()
         return frame
+
+    def _next_frame(self) -> tuple[int, Any] | None:
+        try:
+            return self._reader.next_frame()
+        except OSError as error:  # its shared memory is missing or cannot be mapped
+            raise ChannelClosed from error
 
     def _read(self) -> None:
         """Read what has arrived, if anything."""
         if self._fd < 0:
             raise ChannelClosed
         try:
-            count = os.readv(self._fd, [self._reader.free_space()])
+            count = receive_into(self._socket, self._reader)
         except BlockingIOError:
             return
         except (ConnectionResetError, OSError) as error:
             raise ChannelClosed from error
         if count == 0:
             raise ChannelClosed
-        self._reader.advance(count)

@@ -16,6 +16,7 @@ from . import _protocol as protocol
 from ._channel import ChannelClosed
 from ._errors import BrokenWorkerError, PoolClosedError, SerializationError
 from ._eventloop import current_library, spawn_detached
+from ._protocol import Payload
 from ._serialize import describe, dumps_call_arguments, dumps_item, load_error, load_result
 
 if TYPE_CHECKING:
@@ -51,9 +52,9 @@ class Channel(anyio.abc.ObjectStream[Any]):
         self._kwargs = kwargs
         self._buffer = options.buffer
         self._worker: WorkerHandle | None = None
-        self._payload = b""
+        self._payload: Payload = b""
         # The function's items that were read and not received yet: at most ``buffer``.
-        self._inbox: deque[bytes | bytearray] = deque()
+        self._inbox: deque[Payload | bytearray] = deque()
         self._credit = 0  # items we may send; the function grants them once it started
         self._taken = 0  # items received that the function was not told of
         self._ack_batch = max(1, self._buffer // 2)
@@ -88,7 +89,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
             raise anyio.ClosedResourceError
         if self._ended or self._closing:
             self._raise_end(receiving=False)
-        payload = dumps_item(item, f"sent on the channel to {describe(self._fn)}")
+        payload = dumps_item(item, f"sent on the channel to {describe(self._fn)}", out_of_band=True)
         await self._wait_until(lambda: self._credit > 0)
         if self._ended or self._closing:
             self._raise_end(receiving=False)
@@ -323,7 +324,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
         worker.calls += 1
         self._core.release(worker)
 
-    async def _write(self, kind: int, payload: bytes) -> None:
+    async def _write(self, kind: int, payload: Payload) -> None:
         worker = self._worker
         assert worker is not None
         self._writing += 1

@@ -29,6 +29,7 @@ from ._duplex import Channel
 from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
 from ._eventloop import checkpoint, current_library, spawn_detached
 from ._map import MapResults
+from ._protocol import Payload
 from ._serialize import describe, dumps, dumps_call_arguments, load_error, load_result
 from ._stream import StreamResults
 from ._worker import WorkerHandle
@@ -293,7 +294,7 @@ class _PoolCore:
     async def submit(
         self,
         fn: Callable[..., Any],
-        payload: bytes,
+        payload: Payload,
         options: CallOptions,
         *,
         on_admitted: Callable[[], object] | None = None,
@@ -323,7 +324,7 @@ class _PoolCore:
             replacement = await self.start_worker()
         return replacement
 
-    async def open_session(self, kind: int, payload: bytes) -> WorkerHandle:
+    async def open_session(self, kind: int, payload: Payload) -> WorkerHandle:
         """A worker that was sent ``payload`` as a ``kind`` message, which starts a stream or a
         channel: a call that runs until :meth:`end_session`."""
         self.accepted += 1
@@ -359,7 +360,7 @@ class _PoolCore:
             self.all_done = None
 
     async def call(
-        self, worker: WorkerHandle, fn: Callable[..., Any], payload: bytes, options: CallOptions
+        self, worker: WorkerHandle, fn: Callable[..., Any], payload: Payload, options: CallOptions
     ) -> Any:
         self.calls_running += 1
         sent = False

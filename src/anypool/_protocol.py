@@ -27,12 +27,25 @@ Worker to parent:
     RETIRING    empty: the worker was idle for ``idle_timeout`` and exits without reading
                 anything more, so a CALL the parent sent meanwhile was never started.
 
+Large buffers (a numpy array's data, a bytearray: what pickle protocol 5 lets go out of band)
+in a CALL, RESULT or stream ITEM do not travel through the pipe. Each is copied once into an
+anonymous shared-memory file (``memfd_create``) whose descriptor travels with the frame
+(``SCM_RIGHTS``); the receiver maps it and unpickles straight from the mapping. Such a frame
+has ``OUT_OF_BAND`` set in its kind, and its payload starts with the number of descriptors.
+The memory has no name anywhere: the kernel frees it once the last descriptor and mapping are
+gone, so it cannot leak, whichever process dies when.
+
 This module is imported by workers too: it must stay free of anyio and trio.
 """
 
 from __future__ import annotations
 
+import array
+import mmap
+import os
+import socket
 import struct
+from collections import deque
 from typing import Any, Final, NamedTuple
 
 __all__ = [
@@ -46,6 +59,7 @@ __all__ = [
     "INIT_FAILED",
     "ITEM",
     "OPEN",
+    "OUT_OF_BAND",
     "QUEUE_GET",
     "QUEUE_PUT",
     "QUEUE_REPLY",
@@ -56,8 +70,11 @@ __all__ = [
     "STREAM",
     "ErrorReport",
     "FrameReader",
+    "OutOfBand",
     "WorkerConfig",
     "encode_frame",
+    "receive_into",
+    "send_frame",
     "unsent",
 ]
 
@@ -93,9 +110,103 @@ REPLY_CLOSED: Final = 3
 REPLY_GONE: Final = 4
 
 
-def encode_frame(kind: int, payload: bytes) -> tuple[list[bytes], int]:
-    """The buffers that make up one frame, for a gathering write, and their total size."""
-    return [HEADER.pack(kind, len(payload)), payload], HEADER.size + len(payload)
+OUT_OF_BAND: Final = 0x80
+"""Set in a frame's kind when shared-memory descriptors travel with it."""
+
+OUT_OF_BAND_MIN: Final = 512 * 1024
+"""Buffers of at least this many bytes go through shared memory: below it, the pipe is faster."""
+MAX_BUFFERS: Final = 64
+"""The most shared-memory descriptors one frame carries; further buffers go in band."""
+
+# Room for the descriptors of two frames: a read never takes more than one frame's.
+_ANCILLARY_SPACE: Final = socket.CMSG_SPACE(2 * MAX_BUFFERS * array.array("i").itemsize)
+
+
+class OutOfBand:
+    """A pickle whose large buffers travel apart from it.
+
+    On the way out, ``buffers`` are views of the pickled objects' memory; on the way in, the
+    shared-memory mappings that hold it, which the unpickled objects then use as their own.
+    """
+
+    __slots__ = ("buffers", "data")
+
+    def __init__(self, data: bytes, buffers: list[Any]) -> None:
+        self.data = data
+        self.buffers = buffers
+
+    def __len__(self) -> int:
+        return len(self.data) + sum(memoryview(buffer).nbytes for buffer in self.buffers)
+
+
+Payload = bytes | OutOfBand
+
+
+def encode_frame(kind: int, payload: Payload) -> tuple[list[bytes], int, list[int]]:
+    """The buffers that make up one frame, for a gathering write, their total size, and the
+    descriptors to send with them (shared memory the caller must close once they are sent)."""
+    if not isinstance(payload, OutOfBand):
+        return [HEADER.pack(kind, len(payload)), payload], HEADER.size + len(payload), []
+    fds: list[int] = []
+    try:
+        # list.extend keeps the descriptors made before one failed, to close them.
+        fds.extend(_share(buffer) for buffer in payload.buffers)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    count = bytes((len(fds),))
+    size = len(count) + len(payload.data)
+    parts = [HEADER.pack(kind | OUT_OF_BAND, size), count, payload.data]
+    return parts, HEADER.size + size, fds
+
+
+def _share(buffer: Any) -> int:
+    """An anonymous shared-memory file holding a copy of ``buffer``."""
+    view = memoryview(buffer).cast("B")
+    fd = os.memfd_create("anypool", os.MFD_CLOEXEC)
+    try:
+        # Only this user's processes may open it through /proc.
+        os.fchmod(fd, 0o600)
+        written = 0
+        while written < view.nbytes:
+            written += os.write(fd, view[written:])
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def send_frame(sock: socket.socket, parts: list[bytes], fds: list[int], flags: int = 0) -> int:
+    """Write what the socket takes of a whole frame, its descriptors with its first byte."""
+    if not fds:
+        return sock.sendmsg(parts, (), flags)
+    rights = array.array("i", fds)
+    return sock.sendmsg(parts, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)], flags)
+
+
+def receive_into(sock: socket.socket, reader: FrameReader, flags: int = 0) -> int:
+    """Read what has arrived into ``reader``, the descriptors that came with it included;
+    the count of bytes read (0 at end-of-file)."""
+    count, ancillary, _, _ = sock.recvmsg_into([reader.free_space()], _ANCILLARY_SPACE, flags)
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            reader.fds.extend(fds)
+    reader.advance(count)
+    return count
+
+
+def _map(fd: int) -> mmap.mmap:
+    """Map a shared-memory file received, and close its descriptor."""
+    try:
+        size = os.fstat(fd).st_size
+        # MAP_POPULATE: one system call maps every page, instead of a fault per page later.
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
 
 
 def unsent(parts: list[bytes], offset: int) -> memoryview:
@@ -116,9 +227,20 @@ class FrameReader:
     of its own, read into directly, so a large payload is never copied on its way in.
     """
 
-    __slots__ = ("_buffer", "_end", "_large", "_large_filled", "_large_kind", "_start", "_view")
+    __slots__ = (
+        "_buffer",
+        "_end",
+        "_large",
+        "_large_filled",
+        "_large_kind",
+        "_start",
+        "_view",
+        "fds",
+    )
 
     def __init__(self, size: int = 256 * 1024) -> None:
+        self.fds: deque[int] = deque()
+        """Descriptors received and not yet claimed by their frame (see :func:`receive_into`)."""
         self._buffer = bytearray(size)
         self._view = memoryview(self._buffer)
         self._start = self._end = 0
@@ -126,8 +248,39 @@ class FrameReader:
         self._large_kind = 0
         self._large_filled = 0
 
-    def next_frame(self) -> tuple[int, bytes | bytearray] | None:
-        """The next complete frame (kind, payload), or ``None`` until more bytes are read."""
+    def next_frame(self) -> tuple[int, Any] | None:
+        """The next complete frame (kind, payload), or ``None`` until more bytes are read.
+        The payload is ``bytes`` or a ``bytearray``, or an :class:`OutOfBand` of mappings.
+
+        Raises:
+            BrokenPipeError: the shared memory of an out-of-band frame did not arrive.
+        """
+        frame = self._next_frame()
+        if frame is not None and frame[0] & OUT_OF_BAND:
+            return self._claim_buffers(*frame)
+        return frame
+
+    def _claim_buffers(self, kind: int, payload: bytes | bytearray) -> tuple[int, OutOfBand]:
+        count = payload[0]
+        if len(self.fds) < count:
+            raise BrokenPipeError("the shared memory of a message did not arrive")
+        fds = deque(self.fds.popleft() for _ in range(count))
+        maps = []
+        try:
+            while fds:
+                maps.append(_map(fds.popleft()))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return kind & ~OUT_OF_BAND, OutOfBand(bytes(payload[1:]), maps)
+
+    def close(self) -> None:
+        """Close the descriptors received that no frame claimed."""
+        while self.fds:
+            os.close(self.fds.popleft())
+
+    def _next_frame(self) -> tuple[int, bytes | bytearray] | None:
         if self._large is not None:
             if self._large_filled < len(self._large):
                 return None

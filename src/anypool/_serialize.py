@@ -7,18 +7,19 @@ unpickler. This module is imported by workers too: it must stay free of anyio an
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import sys
 import types
 from collections import ChainMap
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import cloudpickle
 
 from ._errors import RemoteError, RemoteTraceback, SerializationError
-from ._protocol import ErrorReport
+from ._protocol import MAX_BUFFERS, OUT_OF_BAND_MIN, ErrorReport, OutOfBand, Payload
 
 __all__ = [
     "describe",
@@ -32,7 +33,12 @@ __all__ = [
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
-loads = pickle.loads
+
+def loads(data: Payload | bytearray) -> Any:
+    """Unpickle what :func:`dumps` made (its large buffers straight from shared memory)."""
+    if isinstance(data, OutOfBand):
+        return pickle.loads(data.data, buffers=data.buffers)
+    return pickle.loads(data)
 
 
 class _NeedsPickleByValue(Exception):
@@ -102,30 +108,61 @@ class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
 _PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
-def dumps(obj: object) -> bytes:
-    """Pickle ``obj``, by value where it cannot be found by reference (cloudpickle)."""
+@overload
+def dumps(obj: object) -> bytes: ...
+
+
+@overload
+def dumps(obj: object, *, out_of_band: bool) -> Payload: ...
+
+
+def dumps(obj: object, *, out_of_band: bool = False) -> Payload:
+    """Pickle ``obj``, by value where it cannot be found by reference (cloudpickle).
+
+    With ``out_of_band``, large buffers (numpy arrays, bytearrays) are left out of the pickle,
+    for a frame to carry through shared memory: the result is then an :class:`OutOfBand`.
+    """
     if type(obj) in _PLAIN_TYPES:
         return pickle.dumps(obj, PROTOCOL)
+    buffers: list[memoryview] = []
+    take = functools.partial(_take_large, buffers) if out_of_band else None
     file = io.BytesIO()
     try:
-        _ByReferencePickler(file, PROTOCOL).dump(obj)
+        _ByReferencePickler(file, PROTOCOL, buffer_callback=take).dump(obj)
     except Exception:
         # Something only cloudpickle handles, or that nothing can pickle: let cloudpickle say.
+        buffers.clear()
         file = io.BytesIO()
-        _ByValuePickler(file, PROTOCOL).dump(obj)
+        _ByValuePickler(file, PROTOCOL, buffer_callback=take).dump(obj)
+    if buffers:
+        return OutOfBand(file.getvalue(), buffers)
     return file.getvalue()
+
+
+def _take_large(buffers: list[memoryview], buffer: pickle.PickleBuffer) -> bool:
+    """Keep ``buffer`` out of band if it is large; ``True``: pickle it in band."""
+    if len(buffers) >= MAX_BUFFERS:
+        return True
+    try:
+        view = buffer.raw()
+    except BufferError:  # not contiguous
+        return True
+    if view.nbytes < OUT_OF_BAND_MIN:
+        return True
+    buffers.append(view)
+    return False
 
 
 def dumps_call_arguments(
     message: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> bytes:
-    """Pickle ``message``, a call of ``fn(*args, **kwargs)``.
+) -> Payload:
+    """Pickle ``message``, a call of ``fn(*args, **kwargs)``, large buffers out of band.
 
     Raises:
         SerializationError: naming the function or the argument that could not be pickled.
     """
     try:
-        return dumps(message)
+        return dumps(message, out_of_band=True)
     except Exception as error:
         # Pickle again piece by piece, only on this error path, to name the culprit.
         what, culprit = _find_unpicklable(fn, args, kwargs)
@@ -134,14 +171,22 @@ def dumps_call_arguments(
         ) from error
 
 
-def dumps_item(item: object, purpose: str) -> bytes:
+@overload
+def dumps_item(item: object, purpose: str) -> bytes: ...
+
+
+@overload
+def dumps_item(item: object, purpose: str, *, out_of_band: bool) -> Payload: ...
+
+
+def dumps_item(item: object, purpose: str, *, out_of_band: bool = False) -> Payload:
     """Pickle ``item``, one of many values on their way (``purpose`` says where, for errors).
 
     Raises:
         SerializationError: naming the item's type.
     """
     try:
-        return dumps(item)
+        return dumps(item, out_of_band=out_of_band)
     except Exception as error:
         raise SerializationError(f"could not pickle {describe(item)} {purpose}: {error}") from error
 
@@ -169,7 +214,7 @@ def describe(obj: object) -> str:
     return f"a {cls.__module__}.{cls.__qualname__} object"
 
 
-def load_result(payload: bytes | bytearray, fn: Callable[..., Any]) -> Any:
+def load_result(payload: Payload | bytearray, fn: Callable[..., Any]) -> Any:
     """Unpickle the result of a call to ``fn``.
 
     Raises:

@@ -13,6 +13,7 @@ from . import _protocol as protocol
 from ._channel import ChannelClosed
 from ._errors import BrokenWorkerError, PoolClosedError, SerializationError
 from ._eventloop import current_library, spawn_detached
+from ._protocol import Payload
 from ._results import ResultIterator
 from ._serialize import describe, dumps_call_arguments, load_error, load_result
 
@@ -62,7 +63,7 @@ class _Stream:
         self._args = args
         self._kwargs = kwargs
         self._worker: WorkerHandle | None = None
-        self._payload = b""
+        self._payload: Payload = b""
         self._started = False
         self._done = False
         # Items handed out that the worker has not been told of; it is told in batches.

@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import os
 import signal
+import weakref
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 
@@ -22,13 +23,12 @@ __all__ = ["WorkerHandle"]
 # The parent's ends of every live worker's pipe. A process forked from this one (a worker under
 # the "fork" start method, or the application's own fork) must not keep copies of them: a worker
 # whose parent end lives on in another process never sees end-of-file when the pool closes it.
-_parent_ends: set[int] = set()
+_parent_ends: weakref.WeakSet[MessageChannel] = weakref.WeakSet()
 
 
 def _forget_parent_ends_after_fork() -> None:
-    for fd in _parent_ends:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    for channel in list(_parent_ends):
+        channel.forget_after_fork()
     _parent_ends.clear()
 
 
@@ -63,7 +63,7 @@ class WorkerHandle:
         # forked here closes its copy of its own parent end too.
         channel = MessageChannel(os.dup(parent_end.fileno()))
         parent_end.close()
-        _parent_ends.add(channel.fileno)
+        _parent_ends.add(channel)
         process = context.Process(  # type: ignore[attr-defined]
             target=worker_main,
             args=(child_end, config_blob),
@@ -74,7 +74,7 @@ class WorkerHandle:
         try:
             process.start()
         except BaseException:
-            _parent_ends.discard(channel.fileno)
+            _parent_ends.discard(channel)
             channel.close()
             raise
         finally:
@@ -98,7 +98,7 @@ class WorkerHandle:
 
     def close_pipe(self) -> None:
         """Close the parent's end: an idle worker exits when it sees end-of-file."""
-        _parent_ends.discard(self.channel.fileno)
+        _parent_ends.discard(self.channel)
         self.channel.close()
 
     def signal(self, signum: signal.Signals) -> None:

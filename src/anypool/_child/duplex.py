@@ -11,6 +11,7 @@ and two processes that both block writing to a full pipe wait for each other for
 
 from __future__ import annotations
 
+import os
 import select
 import time
 from collections import deque
@@ -51,7 +52,7 @@ class ChannelState:
     def send(self, item: Any) -> Steps:
         if self.closed:
             raise BrokenPipeError("the parent closed the channel")
-        data = dumps_item(item, "sent on the channel")
+        data = dumps_item(item, "sent on the channel", out_of_band=True)
         while self._credit == 0:
             yield from self._handle_next()
             if self.closed:
@@ -85,14 +86,19 @@ class ChannelState:
             self._handle(frame)
         return True
 
-    def write(self, kind: int, payload: bytes) -> Steps:
-        parts, total = protocol.encode_frame(kind, payload)
-        sent = self.pipe.write_available(parts, 0)
-        while sent < total:
-            yield _READABLE_OR_WRITABLE
-            if not self.pipe.read_available():
-                raise BrokenPipeError("the pool closed the worker's pipe")
-            sent += self.pipe.write_available(parts, sent)
+    def write(self, kind: int, payload: protocol.Payload) -> Steps:
+        parts, total, fds = protocol.encode_frame(kind, payload)
+        try:
+            sent = self.pipe.write_available(parts, 0, fds)
+            while sent < total:
+                yield _READABLE_OR_WRITABLE
+                if not self.pipe.read_available():
+                    raise BrokenPipeError("the pool closed the worker's pipe")
+                sent += self.pipe.write_available(parts, sent, fds)
+        finally:
+            # Sent with the first byte (the parent holds them now), or not sent at all.
+            for fd in fds:
+                os.close(fd)
 
     def _handle_next(self) -> Steps:
         """Wait for the parent's next message and act on it."""

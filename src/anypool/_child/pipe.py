@@ -9,12 +9,14 @@ import socket
 import struct
 import threading
 from collections import deque
+from typing import Any
 
 from .. import _protocol as protocol
 
 __all__ = ["Pipe", "current"]
 
-Frame = tuple[int, bytes | bytearray]
+Frame = tuple[int, Any]
+"""A message's kind and payload (see ``FrameReader.next_frame``)."""
 
 _current: Pipe | None = None
 
@@ -74,27 +76,31 @@ class Pipe:
         reader = self._reader
         while (frame := reader.next_frame()) is None:
             try:
-                count = os.readv(self.fd, [reader.free_space()])
+                count = protocol.receive_into(self._socket, reader)
             except BlockingIOError:
                 if reader.partial:
                     continue
                 raise TimeoutError from None
             if count == 0:
                 return None
-            reader.advance(count)
         return frame
 
     def pending(self) -> bool:
         """Whether a message (or end-of-file) is waiting to be received."""
         return bool(self._backlog) or self._reader.partial or bool(self._poller.poll(0))
 
-    def send(self, kind: int, payload: bytes) -> None:
+    def send(self, kind: int, payload: protocol.Payload) -> None:
         """Send one frame, blocking until it is written."""
-        parts, total = protocol.encode_frame(kind, payload)
-        sent = os.writev(self.fd, parts)
+        parts, total, fds = protocol.encode_frame(kind, payload)
+        try:
+            sent = protocol.send_frame(self._socket, parts, fds)
+        finally:
+            # Sent with the first byte, or not at all.
+            for fd in fds:
+                os.close(fd)
         while sent < total:
             # A blocking write returns early only when interrupted; resume where it stopped.
-            sent += os.write(self.fd, protocol.unsent(parts, sent))
+            sent += self._socket.send(protocol.unsent(parts, sent))
 
     def request(self, kind: int, payload: bytes) -> bytes | bytearray:
         """Send a request to the parent and wait for its reply (a QUEUE_REPLY payload).
@@ -112,7 +118,8 @@ class Pipe:
             if frame is None:
                 raise BrokenPipeError("the pool closed the worker's pipe")
             if frame[0] == protocol.QUEUE_REPLY:
-                return frame[1]
+                reply: bytes | bytearray = frame[1]  # replies travel in band
+                return reply
             self._backlog.append(frame)
 
     # Without blocking, for loops that wait for the pipe themselves (see _child/duplex.py).
@@ -127,23 +134,23 @@ class Pipe:
         """Read what has arrived without waiting; ``False`` at end-of-file."""
         reader = self._reader
         try:
-            count = self._socket.recv_into(reader.free_space(), 0, socket.MSG_DONTWAIT)
+            count = protocol.receive_into(self._socket, reader, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True
         if count == 0:
             return False
-        reader.advance(count)
         # Keep the reader's buffer free for what comes next: complete frames wait in the backlog.
         while (frame := reader.next_frame()) is not None:
             self._backlog.append(frame)
         return True
 
-    def write_available(self, parts: list[bytes], offset: int) -> int:
-        """Write what the pipe takes now of ``parts`` past ``offset``; the count written."""
+    def write_available(self, parts: list[bytes], offset: int, fds: list[int]) -> int:
+        """Write what the pipe takes now of the frame ``parts`` past ``offset`` (its
+        descriptors ``fds`` with its first byte); the count written."""
         try:
             if offset:
                 return self._socket.send(protocol.unsent(parts, offset), socket.MSG_DONTWAIT)
-            return self._socket.sendmsg(parts, (), socket.MSG_DONTWAIT)
+            return protocol.send_frame(self._socket, parts, fds, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return 0
 

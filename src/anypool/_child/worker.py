@@ -61,7 +61,7 @@ def _serve(pipe: Pipe, config: protocol.WorkerConfig) -> None:
         # Otherwise a message for a stream or a channel that had already ended as it was sent.
 
 
-def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
+def _run(payload: protocol.Payload | bytearray) -> tuple[int, protocol.Payload]:
     try:
         fn, args, kwargs, event_loop = loads(payload)
         result = _call(fn, args, kwargs, event_loop)
@@ -72,21 +72,23 @@ def _run(payload: bytes | bytearray) -> tuple[int, bytes]:
     return _outcome(fn, result)
 
 
-def _outcome(fn: Any, result: Any) -> tuple[int, bytes]:
+def _outcome(fn: Any, result: Any) -> tuple[int, protocol.Payload]:
     """The RESULT message for what ``fn`` returned, or the ERROR that says why it cannot be
     pickled."""
     try:
-        return protocol.RESULT, dumps(result)
+        return protocol.RESULT, dumps(result, out_of_band=True)
     # BaseException: a __reduce__ may raise anything, and must not end the worker.
     except BaseException as error:
         return protocol.ERROR, _unpicklable(f"the result of {describe(fn)}", result, error)
 
 
-def _dump_chunk_outcome(fn: Any, results: list[Any], failures: list[int], seconds: float) -> bytes:
+def _dump_chunk_outcome(
+    fn: Any, results: list[Any], failures: list[int], seconds: float
+) -> protocol.Payload:
     """Pickle what apply_to_chunk returned; a result that cannot be pickled becomes a failure
     of its own item, named after ``fn``, and the others are delivered."""
     try:
-        return dumps((results, failures, seconds))
+        return dumps((results, failures, seconds), out_of_band=True)
     except BaseException:
         pass
     failed = set(failures)
@@ -98,7 +100,7 @@ def _dump_chunk_outcome(fn: Any, results: list[Any], failures: list[int], second
         except BaseException as error:
             results[position] = _unpicklable(f"the result of {describe(fn)}", result, error)
             failed.add(position)
-    return dumps((results, sorted(failed), seconds))
+    return dumps((results, sorted(failed), seconds), out_of_band=True)
 
 
 def _unpicklable(what: str, obj: Any, error: BaseException) -> bytes:
@@ -232,10 +234,12 @@ async def _drive_async_generator(pipe: Pipe, generator: Any, credit: _Credit) ->
     pipe.send(protocol.RESULT, dumps(None))
 
 
-def _pickle_item(item: Any, generator: Any) -> tuple[int, bytes]:
+def _pickle_item(item: Any, generator: Any) -> tuple[int, protocol.Payload]:
     """The ITEM message for ``item``, or the ERROR that says why it cannot be pickled."""
     try:
-        return protocol.ITEM, dumps_item(item, f"yielded by {generator.__qualname__}")
+        return protocol.ITEM, dumps_item(
+            item, f"yielded by {generator.__qualname__}", out_of_band=True
+        )
     except SerializationError as error:
         return protocol.ERROR, _report(error)
     except BaseException as error:  # from a __reduce__: it must not end the worker
