@@ -193,3 +193,34 @@ def test_shared_memory_is_readable_by_this_user_only() -> None:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def large_bytes_pair(data: bytes) -> tuple[bytes, bytes]:
+    return data, data[::-1]
+
+
+async def test_large_bytes_arguments_and_results_arrive_as_bytes() -> None:
+    data = os.urandom(2 * protocol.OUT_OF_BAND_MIN)
+    async with anypool.Pool(1) as pool:
+        echoed = await pool.run(identity, data)
+        pair = await pool.run(large_bytes_pair, data=data)
+    assert type(echoed) is bytes
+    assert echoed == data
+    assert pair == (data, data[::-1])
+    assert all(type(part) is bytes for part in pair)
+
+
+def test_large_bytes_leave_the_pickle_and_small_ones_stay() -> None:
+    from anypool._serialize import dumps, dumps_call_arguments, loads
+
+    data = os.urandom(protocol.OUT_OF_BAND_MIN)
+    args = (b"small", data)
+    call = dumps_call_arguments((identity, args, {}, "asyncio"), identity, args, {})
+    assert isinstance(call, protocol.OutOfBand)
+    assert len(call.buffers) == 1
+    assert len(call.data) < 1024
+    assert loads(call) == (identity, (b"small", data), {}, "asyncio")
+    result = dumps((data, 1), out_of_band=True)
+    assert isinstance(result, protocol.OutOfBand)
+    assert loads(result) == (data, 1)
+    assert type(dumps(b"small", out_of_band=True)) is bytes

@@ -13,7 +13,7 @@ import pickle
 import sys
 import types
 from collections import ChainMap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, overload
 
 import cloudpickle
@@ -122,6 +122,9 @@ def dumps(obj: object, *, out_of_band: bool = False) -> Payload:
     With ``out_of_band``, large buffers (numpy arrays, bytearrays) are left out of the pickle,
     for a frame to carry through shared memory: the result is then an :class:`OutOfBand`.
     """
+    if out_of_band:
+        # A result or an item, or a tuple of them.
+        obj = _large_bytes_out_of_band(obj)
     if type(obj) in _PLAIN_TYPES:
         return pickle.dumps(obj, PROTOCOL)
     buffers: list[memoryview] = []
@@ -137,6 +140,40 @@ def dumps(obj: object, *, out_of_band: bool = False) -> Payload:
     if buffers:
         return OutOfBand(file.getvalue(), buffers)
     return file.getvalue()
+
+
+class _LargeBytes:
+    """A large ``bytes`` object that pickles its data out of band (``bytes`` itself never
+    does), to be rebuilt as ``bytes`` on the other side."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[type[bytes], tuple[pickle.PickleBuffer]]:
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _large_bytes_out_of_band(obj: Any, depth: int = 1) -> Any:
+    """``obj`` with the large ``bytes`` objects it is, or holds in tuples and dict values to
+    ``depth`` levels, wrapped to go out of band. Lists are not searched (a map's chunk of small
+    items is one), and the common case, no ``bytes`` at all, is told apart by C-level scans."""
+    cls = type(obj)
+    if cls is bytes:
+        return _LargeBytes(obj) if len(obj) >= OUT_OF_BAND_MIN else obj
+    if not depth:
+        return obj
+    if cls is tuple and (bytes in map(type, obj) or (depth > 1 and _nests(obj))):
+        return tuple([_large_bytes_out_of_band(item, depth - 1) for item in obj])
+    if cls is dict and (bytes in map(type, obj.values()) or (depth > 1 and _nests(obj.values()))):
+        return {key: _large_bytes_out_of_band(value, depth - 1) for key, value in obj.items()}
+    return obj
+
+
+def _nests(items: Iterable[Any]) -> bool:
+    kinds = set(map(type, items))
+    return tuple in kinds or dict in kinds
 
 
 def _take_large(buffers: list[memoryview], buffer: pickle.PickleBuffer) -> bool:
@@ -161,6 +198,9 @@ def dumps_call_arguments(
     Raises:
         SerializationError: naming the function or the argument that could not be pickled.
     """
+    if bytes in map(type, args) or bytes in map(type, kwargs.values()):
+        # The arguments are two levels down in the message.
+        message = _large_bytes_out_of_band(message, depth=2)
     try:
         return dumps(message, out_of_band=True)
     except Exception as error:
