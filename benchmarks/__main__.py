@@ -28,10 +28,12 @@ from benchmarks import contenders, floor, report, scenarios
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_contender(name: str, workers: int, size: str, keys: list[str]) -> dict[str, Any]:
+def run_contender(
+    name: str, workers: int, size: str, repeat: int, keys: list[str]
+) -> dict[str, Any]:
     """One contender's results, measured in a fresh interpreter."""
     process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.runner", name, str(workers), size, *keys],
+        [sys.executable, "-m", "benchmarks.runner", name, str(workers), size, str(repeat), *keys],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -71,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="everything small: under a minute")
     parser.add_argument("--workers", type=int, default=anypool.cpu_count())
+    parser.add_argument("--repeat", type=int, help="runs per measurement (default: 5, quick: 1)")
     parser.add_argument("--output", type=Path, help="where the report and plots go")
     parser.add_argument("--only", nargs="+", metavar="SCENARIO", help="these scenarios only")
     parser.add_argument("--contenders", nargs="+", metavar="NAME", help="these contenders only")
@@ -83,7 +86,7 @@ def main() -> None:
     )
     options = parser.parse_args()
     size = "quick" if options.quick else "full"
-    sizes = scenarios.QUICK if options.quick else scenarios.FULL
+    sizes = scenarios.sizes(size, options.repeat)
     output: Path = options.output or (
         Path(tempfile.mkdtemp(prefix="anypool-bench-")) if options.quick else ROOT / "docs"
     )
@@ -102,7 +105,9 @@ def main() -> None:
             continue
         print(f"measuring {contender.name} ...", file=sys.stderr)
         measured = [k for k in keys if k != "cold"]
-        results[contender.name] = run_contender(contender.name, options.workers, size, measured)
+        results[contender.name] = run_contender(
+            contender.name, options.workers, size, sizes.repeat, measured
+        )
         if "cold" in keys and scenarios.by_key("cold").applies(contender):
             results[contender.name]["cold"] = {
                 backend: cold_first_call(
@@ -128,7 +133,8 @@ def main() -> None:
                 continue
             print(f"scaling: {workers} workers ...", file=sys.stderr)
             scaling[workers] = {
-                name: run_contender(name, workers, size, ["map", "cpu"]) for name in names
+                name: run_contender(name, workers, size, sizes.repeat, ["map", "cpu"])
+                for name in names
             }
 
     machine_floor = floor.measure(sizes.big_bytes)

@@ -1,6 +1,6 @@
 """Measure one contender in this process, every scenario that applies to it: prints JSON.
 
-    python -m benchmarks.runner CONTENDER WORKERS quick|full SCENARIO [SCENARIO ...]
+    python -m benchmarks.runner CONTENDER WORKERS quick|full REPEAT SCENARIO [SCENARIO ...]
 
 The benchmark runs each contender in a fresh interpreter of its own, so that no peer's
 threads, helper processes or imported state weigh on another's numbers. Within it, each run
@@ -76,11 +76,11 @@ def measure(
 
 
 def main() -> None:
-    name, workers, size = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    sizes = scenarios.QUICK if size == "quick" else scenarios.FULL
+    name, workers, size, repeat = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    sizes = scenarios.sizes(size, repeat)
     contender = contenders.by_name(name)
     contenders.import_peer(contender)
-    wanted = set(sys.argv[4:])
+    wanted = set(sys.argv[5:])
     chosen = [
         scenario
         for scenario in scenarios.SCENARIOS

@@ -64,6 +64,12 @@ QUICK = Sizes(
 )
 
 
+def sizes(size: str, repeat: int | None = None) -> Sizes:
+    """The sizes of ``"quick"`` or ``"full"``, with ``repeat`` runs if given."""
+    chosen = QUICK if size == "quick" else FULL
+    return chosen if repeat is None else dataclasses.replace(chosen, repeat=repeat)
+
+
 @dataclasses.dataclass(frozen=True)
 class Metric:
     key: str
