@@ -7,6 +7,7 @@ other blocks are fragments and are not run.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -58,6 +59,14 @@ def run_python(script: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return process
 
 
+@functools.cache
+def run_example(script: Path) -> subprocess.CompletedProcess[str]:
+    """Run an example file from the checkout's root, once per test session: every test of an
+    example checks the same run (exit status 0, and what it printed). A run that fails is not
+    kept, so each test of that example runs it again and fails on its own."""
+    return run_python(script, cwd=ROOT)
+
+
 def run_program(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "program.py"
     script.write_text(code)
@@ -66,22 +75,22 @@ def run_program(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("script", sorted(EXAMPLES.glob("*.py")), ids=lambda path: path.name)
 def test_example_runs(script: Path) -> None:
-    run_python(script, cwd=ROOT)
+    run_example(script)
 
 
 def test_quickstart_asyncio_prints_the_prime_counts() -> None:
-    output = run_python(EXAMPLES / "quickstart_asyncio.py", cwd=ROOT).stdout
+    output = run_example(EXAMPLES / "quickstart_asyncio.py").stdout
     assert "[5133, 9592]" in output
 
 
 def test_quickstart_trio_gives_up_and_goes_on() -> None:
-    output = run_python(EXAMPLES / "quickstart_trio.py", cwd=ROOT).stdout
+    output = run_example(EXAMPLES / "quickstart_trio.py").stdout
     assert "primes below 100_000: 9592" in output
     assert "the pool is still usable: 6" in output
 
 
 def test_demo_shows_a_result_a_remote_traceback_and_a_killed_worker() -> None:
-    output = run_python(EXAMPLES / "demo.py", cwd=ROOT).stdout
+    output = run_example(EXAMPLES / "demo.py").stdout
     for backend in ("asyncio", "trio"):
         assert f"===== {backend} =====" in output
     sections = output.split("===== trio =====")
@@ -96,26 +105,26 @@ def test_demo_shows_a_result_a_remote_traceback_and_a_killed_worker() -> None:
 
 
 def test_stream_progress_shows_partial_results_and_stops_the_generator_early() -> None:
-    process = run_python(EXAMPLES / "stream_progress.py", cwd=ROOT)
+    process = run_example(EXAMPLES / "stream_progress.py")
     assert "round 10: 200,000 samples, pi ~ 3.1" in process.stdout
     assert "round 11" not in process.stdout
     assert "the pool is free again: True" in process.stdout
 
 
 def test_map_pipeline_consumes_the_async_source_and_shows_progress() -> None:
-    process = run_python(EXAMPLES / "map_pipeline.py", cwd=ROOT)
+    process = run_example(EXAMPLES / "map_pipeline.py")
     assert re.search(r"smallest digest: item \d+ -> [0-9a-f]{12}", process.stdout)
     assert "2000it" in process.stderr  # the tqdm bar counted every result
 
 
 def test_channel_compress_round_trips_through_the_worker() -> None:
-    output = run_python(EXAMPLES / "channel_compress.py", cwd=ROOT).stdout
+    output = run_example(EXAMPLES / "channel_compress.py").stdout
     assert "summary from the worker: {'bytes in': 13107200, 'bytes out': " in output
     assert "round trip intact: " in output
 
 
 def test_queue_fan_in_gets_every_report_then_ends() -> None:
-    output = run_python(EXAMPLES / "queue_fan_in.py", cwd=ROOT).stdout
+    output = run_example(EXAMPLES / "queue_fan_in.py").stdout
     assert "the search from 100,000 found " in output
     # 5133 + 4459 + 4256 primes in the three ranges: a report per hundred in each.
     assert "reports received: 137" in output
