@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import anyio
 
 from ._child.worker import apply_to_chunk
-from ._eventloop import current_library, spawn_detached
+from ._eventloop import checkpoint, current_library, spawn_detached
 from ._results import ResultIterator
-from ._serialize import dumps_call_arguments, load_error
+from ._serialize import dumps_call_arguments, load_error, load_result
 
 if TYPE_CHECKING:
     from ._pool import CallOptions, _PoolCore
@@ -389,9 +389,14 @@ class _MapRun:
             try:
                 payload = dumps_call_arguments(call, self._fn, tuple(chunk), {})
                 # Errors name the user's function, not the chunk runner.
-                results, failures, seconds = await self._core.submit(
-                    self._fn, payload, self._options, on_admitted=on_admitted
+                outcome = await self._core.submit(
+                    self._fn, payload, self._options, on_admitted=on_admitted, unpickled=False
                 )
+                # The worker is free again and the next chunk waiting for one has it: let that
+                # chunk be sent before this one's results are unpickled, so that the worker
+                # does not wait for the parent in between.
+                await checkpoint()
+                results, failures, seconds = load_result(outcome, self._fn)
             except Exception as error:
                 # The chunk as a whole failed (its worker died, an item could not be pickled):
                 # every item it held gets that error.

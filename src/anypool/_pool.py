@@ -298,8 +298,10 @@ class _PoolCore:
         options: CallOptions,
         *,
         on_admitted: Callable[[], object] | None = None,
+        unpickled: bool = True,
     ) -> Any:
-        """Run a pickled call on a worker; ``on_admitted()`` is called once it has one."""
+        """Run a pickled call on a worker; ``on_admitted()`` is called once it has one.
+        Returns the result, or with ``unpickled=False`` its pickle (for :func:`load_result`)."""
         self.accepted += 1
         try:
             worker = await self.acquire()
@@ -307,7 +309,7 @@ class _PoolCore:
                 on_admitted()
             while True:
                 try:
-                    return await self.call(worker, fn, payload, options)
+                    return await self.call(worker, fn, payload, options, unpickled)
                 except _Retry:
                     worker = await self.replace_retired(worker)
         finally:
@@ -360,7 +362,12 @@ class _PoolCore:
             self.all_done = None
 
     async def call(
-        self, worker: WorkerHandle, fn: Callable[..., Any], payload: Payload, options: CallOptions
+        self,
+        worker: WorkerHandle,
+        fn: Callable[..., Any],
+        payload: Payload,
+        options: CallOptions,
+        unpickled: bool = True,
     ) -> Any:
         self.calls_running += 1
         sent = False
@@ -398,6 +405,9 @@ class _PoolCore:
             raise await self.initializer_failed(worker, body)
         worker.calls += 1
         self.release(worker)
+        if kind == protocol.RESULT and not unpickled:
+            self.calls_completed += 1
+            return body
         if kind == protocol.RESULT:
             try:
                 result = load_result(body, fn)
