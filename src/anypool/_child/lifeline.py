@@ -5,12 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import sys
 import threading
+from typing import Any
 
 __all__ = ["die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
+
+_prctl: Any = None
+if sys.platform == "linux":
+    # Loaded here, not per worker: under the forkserver method every worker starts with it.
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def die_with_parent(fd: int) -> None:
@@ -19,18 +28,13 @@ def die_with_parent(fd: int) -> None:
     An idle worker would see end-of-file anyway; this covers a worker busy in user code.
     """
     _let_forkserver_exit_with_parent()
-    if sys.platform == "linux":
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        # The kernel SIGKILLs us when our parent process exits: the pool's process under
-        # fork/spawn, the forkserver (which exits with the pool's process) under forkserver.
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
-            # The parent may have died before prctl took effect; then its pipe end is gone.
-            if _hung_up(fd, timeout_ms=0):
-                os._exit(1)
-            return
+    # The kernel SIGKILLs us when our parent process exits: the pool's process under
+    # fork/spawn, the forkserver (which exits with the pool's process) under forkserver.
+    if _prctl is not None and _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+        # The parent may have died before prctl took effect; then its pipe end is gone.
+        if _hung_up(fd, timeout_ms=0):
+            os._exit(1)
+        return
     threading.Thread(
         target=_exit_on_hang_up, args=(fd,), name="anypool-lifeline", daemon=True
     ).start()
