@@ -28,44 +28,47 @@ from benchmarks import contenders, floor, report, scenarios
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_contender(
-    name: str, workers: int, size: str, repeat: int, keys: list[str]
-) -> dict[str, Any]:
-    """One contender's results, measured in a fresh interpreter."""
+def run_module(module: str, *args: object, timeout: float) -> tuple[str, str | None]:
+    """Run ``python -m module args`` in a fresh interpreter: its output, and the last line of
+    its error output if it failed."""
     process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.runner", name, str(workers), size, str(repeat), *keys],
+        [sys.executable, "-m", module, *map(str, args)],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=timeout,
         check=False,
     )
     if process.returncode != 0:
-        error = process.stderr.strip().splitlines()[-1:] or [f"exit code {process.returncode}"]
-        print(f"  {name} failed: {error[0]}", file=sys.stderr)
-        return {key: {"error": error[0]} for key in keys}
+        lines = process.stderr.strip().splitlines() or [f"exit code {process.returncode}"]
+        return process.stdout, lines[-1]
     if process.stderr.strip():
         print(process.stderr.rstrip(), file=sys.stderr)
-    results: dict[str, Any] = json.loads(process.stdout)
+    return process.stdout, None
+
+
+def run_contender(
+    name: str, workers: int, size: str, repeat: int, keys: list[str]
+) -> dict[str, Any]:
+    """One contender's results, measured in a fresh interpreter."""
+    output, error = run_module(
+        "benchmarks.runner", name, workers, size, repeat, *keys, timeout=1800
+    )
+    if error is not None:
+        print(f"  {name} failed: {error}", file=sys.stderr)
+        return {key: {"error": error} for key in keys}
+    results: dict[str, Any] = json.loads(output)
     return results
 
 
 def cold_first_call(name: str, backend: str, workers: int, repeat: int) -> dict[str, Any]:
     samples = []
     for _ in range(repeat):
-        process = subprocess.run(
-            [sys.executable, "-m", "benchmarks.cold", name, backend, str(workers)],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if process.returncode != 0:
-            return {"error": (process.stderr.strip().splitlines() or ["failed"])[-1]}
-        samples.append(float(process.stdout.split()[-1]))
+        output, error = run_module("benchmarks.cold", name, backend, workers, timeout=300)
+        if error is not None:
+            return {"error": error}
+        samples.append(float(output.split()[-1]))
     return {"seconds": statistics.median(samples)}
 
 

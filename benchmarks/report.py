@@ -51,6 +51,15 @@ class Comparison:
         return self.value / self.best_value
 
     @property
+    def ratio_text(self) -> str:
+        return "-" if self.ratio is None else f"{self.ratio:.2f}x"
+
+    @property
+    def variant(self) -> str:
+        """How this anypool row differs from plain anypool, for labels."""
+        return "" if self.anypool_row == "anypool" else " (batches)"
+
+    @property
     def met(self) -> bool | None:
         ratio, goal = self.ratio, self.metric.goal
         if ratio is None or goal is None:
@@ -131,13 +140,10 @@ def summary(run: Run) -> str:
         f"{'scenario':44s} {'loop':8s} {'anypool':>14s} {'best peer':>14s}  ratio",
     ]
     for c in comparisons(run):
-        label = f"{c.scenario.key}: {c.metric.label}"
-        if c.anypool_row != "anypool":
-            label += " [batches]"
-        ratio = "-" if c.ratio is None else f"{c.ratio:.2f}x"
+        label = f"{c.scenario.key}: {c.metric.label}{c.variant}"
         lines.append(
             f"{label[:44]:44s} {c.backend:8s} {_number(c.value, c.metric.unit):>14s} "
-            f"{_number(c.best_value, c.metric.unit):>14s}  {ratio:6s} {c.best_peer or ''} "
+            f"{_number(c.best_value, c.metric.unit):>14s}  {c.ratio_text:6s} {c.best_peer or ''} "
             f"{_verdict(c)}"
         )
     return "\n".join(lines)
@@ -248,16 +254,13 @@ def write(run: Run, output: Path) -> Path:
         "| scenario | event loop | anypool | best peer | ratio | goal |",
         "|---|---|---|---|---|---|",
     ]
-    for c in comparisons(run):
-        label = f"{c.scenario.title}: {c.metric.label}"
-        if c.anypool_row != "anypool":
-            label += " (batches)"
-        ratio = "-" if c.ratio is None else f"{c.ratio:.2f}x"
-        lines.append(
-            f"| {label} | {c.backend} | {_number(c.value, c.metric.unit)} | "
-            f"{_number(c.best_value, c.metric.unit)} ({c.best_peer or 'none'}) | {ratio} | "
-            f"{_verdict(c)} |"
-        )
+    lines += [
+        f"| {c.scenario.title}: {c.metric.label}{c.variant} | {c.backend} | "
+        f"{_number(c.value, c.metric.unit)} | "
+        f"{_number(c.best_value, c.metric.unit)} ({c.best_peer or 'none'}) | {c.ratio_text} | "
+        f"{_verdict(c)} |"
+        for c in comparisons(run)
+    ]
     lines += [
         "",
         f"Sizes: {sizes.round_trips} sequential calls for the round trip; "
@@ -336,8 +339,10 @@ def _plot_scenario(run: Run, scenario: Scenario, path: Path) -> bool:
     backends = ("asyncio", "trio")
     figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.4))
     height = 0.38
+    shown: list[float] = []
     for offset, backend in enumerate(backends):
         numbers = [value(run.results, n, scenario.key, backend, metric.key) for n in names]
+        shown += [v for v in numbers if v is not None and v > 0]
         positions = [i + (offset - 0.5) * height for i in range(len(names))]
         axes.barh(
             [p for p, v in zip(positions, numbers, strict=True) if v is not None],
@@ -345,6 +350,9 @@ def _plot_scenario(run: Run, scenario: Scenario, path: Path) -> bool:
             height=height,
             label=backend,
         )
+    if shown and max(shown) > 30 * min(shown):
+        # One slow peer would squash every other bar to nothing.
+        axes.set_xscale("log")
     axes.set_yticks(range(len(names)), names)
     axes.invert_yaxis()
     better = "lower" if metric.better == "lower" else "higher"
