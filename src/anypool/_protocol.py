@@ -180,7 +180,8 @@ def _share(buffer: Any) -> int:
 def send_frame(sock: socket.socket, parts: list[bytes], fds: list[int], flags: int = 0) -> int:
     """Write what the socket takes of a whole frame, its descriptors with its first byte."""
     if not fds:
-        return sock.sendmsg(parts, (), flags)
+        # writev costs less than sendmsg, and the flags of a plain write are the socket's own.
+        return os.writev(sock.fileno(), parts) if not flags else sock.sendmsg(parts, (), flags)
     rights = array.array("i", fds)
     return sock.sendmsg(parts, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)], flags)
 
