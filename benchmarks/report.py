@@ -109,7 +109,7 @@ def comparisons(run: Run) -> list[Comparison]:
     return found
 
 
-def _number(x: float | None, unit: str = "") -> str:
+def _number(x: float | None, unit: str = "", *, with_unit: bool = True) -> str:
     if x is None:
         return "-"
     if unit == "":
@@ -120,7 +120,7 @@ def _number(x: float | None, unit: str = "") -> str:
         text = f"{x:.1f}"
     else:
         text = f"{x:.2f}"
-    return f"{text} {unit}".strip()
+    return f"{text} {unit}".strip() if with_unit else text
 
 
 def _verdict(comparison: Comparison) -> str:
@@ -198,7 +198,7 @@ def _scenario_table(run: Run, scenario: Scenario) -> list[str]:
                 elif "error" in entry:
                     cells.append("error: " + str(entry["error"])[:60].replace("|", "/"))
                 else:
-                    cells.append(_number(entry.get(metric.key)))
+                    cells.append(_number(entry.get(metric.key), metric.unit, with_unit=False))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -308,7 +308,8 @@ def _scaling_section(run: Run, plot: Path) -> list[str]:
         for scenario, metric in (("map", "rate"), ("cpu", "efficiency")):
             for name in SCALING_CONTENDERS:
                 number = value(run.scaling[workers], name, scenario, "asyncio", metric)
-                cells.append(_number(number, "" if metric == "efficiency" else " "))
+                unit = "" if metric == "efficiency" else "items/s"
+                cells.append(_number(number, unit, with_unit=False))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if _plot_scaling(run, plot):
