@@ -61,10 +61,11 @@ class Comparison:
 
     @property
     def met(self) -> bool | None:
-        ratio, goal = self.ratio, self.metric.goal
-        if ratio is None or goal is None:
+        measured = self.value if self.metric.absolute else self.ratio
+        goal = self.metric.goal
+        if measured is None or goal is None:
             return None
-        return ratio <= goal if self.metric.better == "lower" else ratio >= goal
+        return measured <= goal if self.metric.better == "lower" else measured >= goal
 
 
 def value(
@@ -128,7 +129,8 @@ def _verdict(comparison: Comparison) -> str:
     if goal is None or comparison.met is None:
         return ""
     sign = "≤" if comparison.metric.better == "lower" else "≥"
-    return f"goal {sign} {goal:.2g}x: {'met' if comparison.met else 'NOT met'}"
+    target = f"{goal:.2g}" if comparison.metric.absolute else f"{goal:.2g}x"
+    return f"goal {sign} {target}: {'met' if comparison.met else 'NOT met'}"
 
 
 def summary(run: Run) -> str:

@@ -28,15 +28,17 @@ async def async_echo(x: T) -> T:
     return x
 
 
-def spin(iterations: int) -> int:
-    """CPU work: a pure-Python loop, the same amount whatever else the machine does."""
+def spin(iterations: int) -> float:
+    """CPU work: a pure-Python loop, the same amount whatever else the machine does. Returns the
+    seconds it took, in the worker."""
+    started = time.perf_counter()
     total = 0
     for i in range(iterations):
         total += i
-    return total
+    return time.perf_counter() - started
 
 
-async def async_spin(iterations: int) -> int:
+async def async_spin(iterations: int) -> float:
     return spin(iterations)
 
 
@@ -72,9 +74,5 @@ def count_up() -> Iterator[int]:
 def calibrate_spin(seconds: float) -> int:
     """The ``spin`` iterations that take ``seconds`` on one core of this machine."""
     iterations = 100_000
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        spin(iterations)
-        best = min(best, time.perf_counter() - started)
+    best = min(spin(iterations) for _ in range(5))
     return max(1, round(iterations * seconds / best))
