@@ -14,7 +14,15 @@ from typing import Any
 
 import anyio
 
-from ._protocol import FrameReader, Payload, encode_frame, receive_into, send_frame, unsent
+from ._protocol import (
+    FrameReader,
+    Payload,
+    close_all,
+    encode_frame,
+    receive_into,
+    send_frame,
+    unsent,
+)
 
 __all__ = ["ChannelClosed", "MessageChannel"]
 
@@ -110,8 +118,7 @@ class MessageChannel:
                 sending.set()
         finally:
             # Sent with the first byte (the worker holds them now), or not sent at all.
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)
 
     def _write(self, parts: list[bytes], sent: int, fds: list[int]) -> int:
         if self._fd < 0:

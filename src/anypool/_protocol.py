@@ -72,6 +72,7 @@ __all__ = [
     "FrameReader",
     "OutOfBand",
     "WorkerConfig",
+    "close_all",
     "encode_frame",
     "receive_into",
     "send_frame",
@@ -152,13 +153,19 @@ def encode_frame(kind: int, payload: Payload) -> tuple[list[bytes], int, list[in
         # list.extend keeps the descriptors made before one failed, to close them.
         fds.extend(_share(buffer) for buffer in payload.buffers)
     except BaseException:
-        for fd in fds:
-            os.close(fd)
+        close_all(fds)
         raise
     count = bytes((len(fds),))
     size = len(count) + len(payload.data)
     parts = [HEADER.pack(kind | OUT_OF_BAND, size), count, payload.data]
     return parts, HEADER.size + size, fds
+
+
+def close_all(fds: list[int]) -> None:
+    """Close the descriptors of a frame once they are sent (the receiver holds its own copies),
+    or when it will not be sent."""
+    for fd in fds:
+        os.close(fd)
 
 
 def _share(buffer: Any) -> int:

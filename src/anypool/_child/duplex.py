@@ -11,7 +11,6 @@ and two processes that both block writing to a full pipe wait for each other for
 
 from __future__ import annotations
 
-import os
 import select
 import time
 from collections import deque
@@ -97,8 +96,7 @@ class ChannelState:
                 sent += self.pipe.write_available(parts, sent, fds)
         finally:
             # Sent with the first byte (the parent holds them now), or not sent at all.
-            for fd in fds:
-                os.close(fd)
+            protocol.close_all(fds)
 
     def _handle_next(self) -> Steps:
         """Wait for the parent's next message and act on it."""

@@ -96,8 +96,7 @@ class Pipe:
             sent = protocol.send_frame(self._socket, parts, fds)
         finally:
             # Sent with the first byte, or not at all.
-            for fd in fds:
-                os.close(fd)
+            protocol.close_all(fds)
         while sent < total:
             # A blocking write returns early only when interrupted; resume where it stopped.
             sent += self._socket.send(protocol.unsent(parts, sent))
