@@ -405,10 +405,10 @@ class _PoolCore:
             raise await self.initializer_failed(worker, body)
         worker.calls += 1
         self.release(worker)
-        if kind == protocol.RESULT and not unpickled:
-            self.calls_completed += 1
-            return body
         if kind == protocol.RESULT:
+            if not unpickled:
+                self.calls_completed += 1
+                return body
             try:
                 result = load_result(body, fn)
             except BaseException:

@@ -28,7 +28,8 @@ Worker to parent:
                 anything more, so a CALL the parent sent meanwhile was never started.
 
 Large buffers (a numpy array's data, a bytearray: what pickle protocol 5 lets go out of band)
-in a CALL, RESULT or stream ITEM do not travel through the pipe. Each is copied once into an
+in a CALL, STREAM or OPEN, a RESULT, or an ITEM (of a stream or a channel, either way) do not
+travel through the pipe. Each is copied once into an
 anonymous shared-memory file (``memfd_create``) whose descriptor travels with the frame
 (``SCM_RIGHTS``); the receiver maps it and unpickles straight from the mapping. Such a frame
 has ``OUT_OF_BAND`` set in its kind, and its payload starts with the number of descriptors.
@@ -46,6 +47,7 @@ import os
 import socket
 import struct
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, Final, NamedTuple
 
 __all__ = [
@@ -161,7 +163,7 @@ def encode_frame(kind: int, payload: Payload) -> tuple[list[bytes], int, list[in
     return parts, HEADER.size + size, fds
 
 
-def close_all(fds: list[int]) -> None:
+def close_all(fds: Iterable[int]) -> None:
     """Close the descriptors of a frame once they are sent (the receiver holds its own copies),
     or when it will not be sent."""
     for fd in fds:
@@ -278,15 +280,14 @@ class FrameReader:
             while fds:
                 maps.append(_map(fds.popleft()))
         except BaseException:
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)  # those not mapped yet (a mapping closes its own)
             raise
         return kind & ~OUT_OF_BAND, OutOfBand(bytes(payload[1:]), maps)
 
     def close(self) -> None:
         """Close the descriptors received that no frame claimed."""
-        while self.fds:
-            os.close(self.fds.popleft())
+        close_all(self.fds)
+        self.fds.clear()
 
     def _next_frame(self) -> tuple[int, bytes | bytearray] | None:
         if self._large is not None:
