@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
@@ -20,6 +22,8 @@ import uvloop
 
 import anypool
 import workers
+from anypool._channel import MessageChannel
+from anypool._worker import WorkerHandle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +37,22 @@ ASYNCIO_BACKENDS = ALL_BACKENDS[:2]
 ASYNCIO_BACKEND_IDS = BACKEND_IDS[:2]
 
 POLL_INTERVAL = 0.01
+
+
+def stand_in_worker(
+    pool: anypool.Pool, target: Callable[[multiprocessing.connection.Connection], None]
+) -> WorkerHandle:
+    """Put a process that runs ``target(its end of the pipe)`` in the pool's idle slot, as if
+    it were a worker: for races that cannot be provoked from outside. (The pool must use the
+    fork start method, so that ``target`` need not be importable.)"""
+    parent_end, child_end = multiprocessing.Pipe()
+    process = multiprocessing.get_context("fork").Process(target=target, args=(child_end,))
+    process.start()
+    child_end.close()
+    worker = WorkerHandle(process, MessageChannel(os.dup(parent_end.fileno())))
+    parent_end.close()
+    pool._core.idle.append(worker)
+    return worker
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:

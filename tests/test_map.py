@@ -248,12 +248,12 @@ async def test_items_taken_never_exceed_results_handed_out_plus_max_in_flight(
 
 
 @pytest.mark.parametrize(
-    ("chunksize", "default_max_in_flight"), [(1, 4), (3, 12), ("auto", 4 * AUTO_CHUNK_LIMIT)]
+    ("chunksize", "default_max_in_flight"), [(1, 6), (3, 18), ("auto", 6 * AUTO_CHUNK_LIMIT)]
 )
-async def test_default_max_in_flight_is_twice_max_workers_chunks(
+async def test_default_max_in_flight_is_three_chunks_per_worker(
     chunksize: int | str, default_max_in_flight: int
 ) -> None:
-    # 2 workers: 2 * 2 * chunksize items; for "auto", of the largest chunk, which tiny
+    # 2 workers: 3 * 2 * chunksize items; for "auto", of the largest chunk, which tiny
     # functions reach.
     source = CountingSource()
     received = 0

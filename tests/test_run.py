@@ -13,14 +13,13 @@ import sniffio
 import anypool
 import workers
 from anypool import _protocol as protocol
-from anypool._channel import MessageChannel
-from anypool._worker import WorkerHandle
 from support import (
     descendants,
     gone,
     pool_processes,
     read_pid,
     run_script,
+    stand_in_worker,
     wait_until_async,
     write_script,
 )
@@ -286,15 +285,7 @@ def _retire_on_first_message(connection: multiprocessing.connection.Connection) 
 async def test_call_that_reaches_a_worker_as_it_retires_runs_on_a_new_worker() -> None:
     # The race cannot be provoked from outside, so a stand-in worker takes the idle slot.
     async with anypool.Pool(1, start_method="fork") as pool:
-        parent_end, child_end = multiprocessing.Pipe()
-        process = multiprocessing.get_context("fork").Process(
-            target=_retire_on_first_message, args=(child_end,)
-        )
-        process.start()
-        child_end.close()
-        retiring = WorkerHandle(process, MessageChannel(os.dup(parent_end.fileno())))
-        parent_end.close()
-        pool._core.idle.append(retiring)
+        retiring = stand_in_worker(pool, _retire_on_first_message)
 
         pid = await pool.run(workers.current_pid)
 

@@ -148,6 +148,9 @@ class _PoolCore:
 
     async def acquire(self) -> WorkerHandle:
         """A worker for one call: an idle one, a new one, or the first one freed, in FIFO order."""
+        if self.terminated:
+            # (A map's later chunks get here as the pool is terminated.)
+            raise PoolClosedError("the pool was terminated")
         if not self.waiters:
             worker = self.pop_idle()
             if worker is not None:
@@ -377,16 +380,7 @@ class _PoolCore:
             kind, body = await worker.receive()
         except ChannelClosed:
             self.calls_running -= 1
-            # The pipe closed under a call, so the worker is exiting: wait for its exit status.
-            exitcode = await self.stop_busy(worker, terminate=False)
-            if self.terminated:
-                raise PoolClosedError(
-                    f"the pool was terminated during the call to {describe(fn)}"
-                ) from None
-            self.calls_failed += 1
-            raise BrokenWorkerError(
-                worker.pid, exitcode, f"the call to {describe(fn)}", first_call=worker.calls == 0
-            ) from None
+            raise await self.worker_lost(worker, fn) from None
         except BaseException:
             # Cancelled (or interrupted) while the worker runs the call.
             self.calls_running -= 1
@@ -419,24 +413,43 @@ class _PoolCore:
         self.calls_failed += 1
         raise load_error(body)
 
-    def drain_in_background(self, worker: WorkerHandle) -> None:
-        """Let the worker finish an abandoned call; discard the outcome, then reuse the worker."""
+    async def worker_lost(self, worker: WorkerHandle, fn: Callable[..., Any]) -> Exception:
+        """Reap a busy worker whose pipe closed under a call to ``fn``; the error for the call."""
+        # The worker is exiting (or was told to): wait for its exit status.
+        exitcode = await self.stop_busy(worker, terminate=False)
+        if self.terminated:
+            return PoolClosedError(f"the pool was terminated during the call to {describe(fn)}")
+        self.calls_failed += 1
+        return BrokenWorkerError(
+            worker.pid, exitcode, f"the call to {describe(fn)}", first_call=worker.calls == 0
+        )
+
+    def drain_in_background(self, worker: WorkerHandle, calls: int = 1) -> None:
+        """Let the worker finish the abandoned ``calls`` it was sent; discard their outcomes,
+        then reuse the worker."""
         self.accepted += 1
 
         async def drain() -> None:
             try:
-                kind, body = await worker.receive()
+                for _ in range(calls):
+                    kind, body = await worker.receive()
+                    if kind == protocol.INIT_FAILED:
+                        await self.initializer_failed(worker, body)
+                        return
+                    if kind == protocol.RETIRING:
+                        # It exits without reading the calls that remain.
+                        self.busy.discard(worker)
+                        self.let_go(worker)
+                        self.dispatch()
+                        return
+                    worker.calls += 1
             except ChannelClosed:
                 await self.stop_busy(worker, terminate=False)
             except BaseException:
                 # The event loop is ending: nobody will wait for this worker any more.
                 await self.stop_busy(worker, terminate=True)
             else:
-                if kind == protocol.INIT_FAILED:
-                    await self.initializer_failed(worker, body)
-                else:
-                    worker.calls += 1
-                    self.release(worker)
+                self.release(worker)
             finally:
                 self.call_finished()
 
@@ -683,7 +696,7 @@ class Pool:
             chunksize: items sent to a worker per call, or ``"auto"`` to size chunks from the
                 measured time per item, so that tiny functions run at full speed.
             max_in_flight: at most this many items are taken from ``iterable`` ahead of the
-                results handed out. Default: two chunks per worker.
+                results handed out. Default: three chunks per worker.
             return_exceptions: yield the exception an item raised instead of raising it.
             progress: ``True`` for a tqdm progress bar (``anypool[progress]``), or a callable
                 called as ``progress(done, total)``; ``total`` is ``None`` without ``len()``.

@@ -191,14 +191,21 @@ def _take_large(buffers: list[memoryview], buffer: pickle.PickleBuffer) -> bool:
 
 
 def dumps_call_arguments(
-    message: object, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    message: object,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    large_bytes: bool = True,
 ) -> Payload:
-    """Pickle ``message``, a call of ``fn(*args, **kwargs)``, large buffers out of band.
+    """Pickle ``message``, a call of ``fn(*args, **kwargs)``, large buffers out of band, and
+    large ``bytes`` arguments too unless ``large_bytes`` is false (the items of a map's chunk,
+    which are many and small: searching them would cost more than pickling them).
 
     Raises:
         SerializationError: naming the function or the argument that could not be pickled.
     """
-    if bytes in map(type, args) or bytes in map(type, kwargs.values()):
+    if large_bytes and (bytes in map(type, args) or bytes in map(type, kwargs.values())):
         # The arguments are two levels down in the message.
         message = _large_bytes_out_of_band(message, depth=2)
     try:
