@@ -221,10 +221,21 @@ def run_script(script: Path, *args: str, timeout: float = 60.0) -> subprocess.Co
     Its output goes to files, not pipes: a process it leaves behind holding them cannot make
     this wait.
     """
+    return _run_python([str(script), *args], script.parent, timeout)
+
+
+def run_module(directory: Path, module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module`` in ``directory``, as :func:`run_script` runs a script."""
+    return _run_python(["-m", module, *args], directory, 60.0)
+
+
+def _run_python(
+    arguments: list[str], cwd: Path, timeout: float
+) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         process = subprocess.run(
-            [sys.executable, str(script), *args],
-            cwd=script.parent,
+            [sys.executable, *arguments],
+            cwd=cwd,
             env=script_environment(),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
@@ -236,7 +247,7 @@ def run_script(script: Path, *args: str, timeout: float = 60.0) -> subprocess.Co
         stderr.seek(0)
         process.stdout, process.stderr = stdout.read(), stderr.read()
     assert process.returncode == 0, (
-        f"{script.name} exited with {process.returncode}\n"
+        f"{' '.join(arguments)} exited with {process.returncode}\n"
         f"--- stdout\n{process.stdout}\n--- stderr\n{process.stderr}"
     )
     return process

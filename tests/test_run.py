@@ -18,6 +18,7 @@ from support import (
     gone,
     pool_processes,
     read_pid,
+    run_module,
     run_script,
     stand_in_worker,
     wait_until_async,
@@ -272,6 +273,71 @@ def test_functions_defined_in_a_scripts_main_run_under_every_start_method(
     output = run_script(script, start_method)
     assert output.stdout.split() == ["49", "42", "11"]
     assert output.stderr == ""
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+def test_functions_defined_in_a_main_module_run_with_dash_m_run_under_every_start_method(
+    start_method: str, tmp_path
+) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("")
+    write_script(tmp_path / "app", MAIN_SCRIPT, name="main.py")
+    output = run_module(tmp_path, "app.main", start_method)
+    assert output.stdout.split() == ["49", "42", "11"]
+    assert output.stderr == ""
+
+
+HEAVY_IMPORT = """
+    import os
+    from pathlib import Path
+
+    with open(Path(__file__).parent / "imports", "a") as log:
+        print(os.getpid(), file=log)
+"""
+
+APP_MAIN = """
+    import asyncio
+    import os
+    import sys
+
+    import anypool
+
+    from app import heavy
+
+
+    def pid():
+        return os.getpid()
+
+
+    async def main():
+        async with anypool.Pool(2) as pool:
+            pids = await asyncio.gather(*(pool.run(pid) for _ in range(8)))
+            print(*sorted(set(pids)))
+
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+"""
+
+
+def test_a_main_module_run_with_dash_m_is_imported_once_for_every_forkserver_worker(
+    tmp_path,
+) -> None:
+    # Workers under the forkserver import the main module again (for the functions it
+    # defines): what the main module imports must come preloaded from the forkserver, not be
+    # imported again in each worker.
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("")
+    write_script(tmp_path / "app", HEAVY_IMPORT, name="heavy.py")
+    write_script(tmp_path / "app", APP_MAIN, name="main.py")
+    output = run_module(tmp_path, "app.main")
+    assert output.stderr == ""
+    worker_pids = set(output.stdout.split())
+    importers = (tmp_path / "app" / "imports").read_text().split()
+    assert worker_pids
+    assert not worker_pids & set(importers)
+    # The application itself and the forkserver.
+    assert len(importers) == 2
 
 
 def _retire_on_first_message(connection: multiprocessing.connection.Connection) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import atexit
 import dataclasses
 import functools
+import importlib.util
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -823,9 +825,52 @@ CallOptions.__module__ = "anypool"
 
 def _preload_worker_module_in_forkserver() -> None:
     """Have multiprocessing's forkserver import the worker module once, so that each worker
-    forked from it starts with it loaded. Only effective before the forkserver starts."""
+    forked from it starts with it loaded; and, for an application run as ``python -m``, what
+    its main module imports. Only effective before the forkserver starts."""
     forkserver = multiprocessing.forkserver._forkserver
     # Keep what the application asked the forkserver to preload (default: ["__main__"]).
     preload = list(getattr(forkserver, "_preload_modules", ["__main__"]))
-    if _WORKER_MODULE not in preload:
-        forkserver.set_forkserver_preload([*preload, _WORKER_MODULE])
+    wanted = [_WORKER_MODULE]
+    if "__main__" in preload:
+        wanted += _main_module_imports()
+    missing = [name for name in wanted if name not in preload]
+    if missing:
+        forkserver.set_forkserver_preload([*preload, *missing])
+
+
+@functools.cache
+def _main_module_imports() -> tuple[str, ...]:
+    """The modules the main module imports at its top level, if it was run with ``-m``.
+
+    multiprocessing preloads a main *script* in the forkserver, by its path, but a main module
+    run with ``-m`` not at all, while each worker imports it again (for the functions it
+    defines): every worker start would pay for the application's imports, some 100 ms for a
+    real one. Preloading the main module itself would make each worker's import of it warn
+    (runpy finds it imported already), so what it imports is preloaded instead: the modules
+    already imported here, which are known to import.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    if spec is None or not isinstance(path, str):
+        return ()
+    try:
+        with open(path, "rb") as source:
+            statements = ast.parse(source.read()).body
+    except (OSError, SyntaxError, ValueError):
+        return ()
+    names: list[str] = []
+    for statement in statements:
+        if isinstance(statement, ast.Import):
+            names += [alias.name for alias in statement.names]
+        elif isinstance(statement, ast.ImportFrom):
+            try:
+                module = importlib.util.resolve_name(
+                    "." * statement.level + (statement.module or ""), spec.parent
+                )
+            except (ImportError, ValueError):
+                continue
+            names.append(module)
+            # `from package import module` imports the module too.
+            names += [f"{module}.{alias.name}" for alias in statement.names]
+    return tuple(name for name in dict.fromkeys(names) if name in sys.modules)
