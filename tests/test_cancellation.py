@@ -107,6 +107,18 @@ async def test_call_in_an_already_cancelled_scope_raises_and_starts_no_worker() 
         assert pool_processes() == set()
 
 
+async def test_call_in_an_already_cancelled_scope_is_never_sent_to_the_idle_worker() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await pool.run(workers.square, 2)
+        assert scope.cancelled_caught
+        stats = pool.stats()
+        assert (stats.workers_replaced, stats.calls_cancelled) == (0, 0)
+        assert await pool.run(workers.current_pid) == pid
+
+
 async def test_cancel_while_waiting_for_a_worker_does_not_disturb_the_running_call(
     tmp_path,
 ) -> None:
