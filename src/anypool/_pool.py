@@ -323,13 +323,17 @@ class _PoolCore:
     async def replace_retired(self, worker: WorkerHandle) -> WorkerHandle:
         """Let go of a busy worker that retired before it read its call, and return another
         for that call: the retired worker's place is still the call's, so it waits for none."""
-        self.busy.discard(worker)
-        self.let_go(worker)
+        self.let_go_retired(worker)
         replacement = self.pop_idle()
         if replacement is None:
             self.starting += 1
             replacement = await self.start_worker()
         return replacement
+
+    def let_go_retired(self, worker: WorkerHandle) -> None:
+        """Forget a busy worker that said RETIRING: it reads nothing more and exits."""
+        self.busy.discard(worker)
+        self.let_go(worker)
 
     async def open_session(self, kind: int, payload: Payload) -> WorkerHandle:
         """A worker that was sent ``payload`` as a ``kind`` message, which starts a stream or a
@@ -440,8 +444,7 @@ class _PoolCore:
                         return
                     if kind == protocol.RETIRING:
                         # It exits without reading the calls that remain.
-                        self.busy.discard(worker)
-                        self.let_go(worker)
+                        self.let_go_retired(worker)
                         self.dispatch()
                         return
                     worker.calls += 1
@@ -854,7 +857,8 @@ def _main_module_imports() -> tuple[str, ...]:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     path = getattr(main, "__file__", None)
-    if spec is None or not isinstance(path, str):
+    # (Workers do not import a package's __main__ again: nothing to preload for it.)
+    if spec is None or spec.name.rpartition(".")[2] == "__main__" or not isinstance(path, str):
         return ()
     try:
         with open(path, "rb") as source:
