@@ -33,7 +33,7 @@ soak: venv
 	ANYPOOL_SOAK_CALLS=1000000 ANYPOOL_FUZZ_ITERATIONS=200 ANYPOOL_FUZZ_EXAMPLES=100 \
 		$(BIN)/python -m pytest -m soak -p no:randomly -q
 
-# anypool against its peers, every scenario (about 10 minutes); writes docs/benchmarks.md and
+# anypool against its peers, every scenario (about 17 minutes); writes docs/benchmarks.md and
 # its plots. `make bench BENCH_OPTIONS=--quick` checks that it runs, in under a minute.
 bench: venv
 	$(BIN)/python -m benchmarks $(BENCH_OPTIONS)
