@@ -295,6 +295,14 @@ HEAVY_IMPORT = """
         print(os.getpid(), file=log)
 """
 
+# Fails to import with another command line, as the forkserver has.
+NEEDS_ITS_COMMAND_LINE = """
+    import sys
+
+    if sys.argv[1:] != ["--go"]:
+        sys.exit("usage: python -m app.main --go")
+"""
+
 APP_MAIN = """
     import asyncio
     import os
@@ -302,7 +310,7 @@ APP_MAIN = """
 
     import anypool
 
-    from app import heavy
+    from app import heavy, settings
 
 
     def pid():
@@ -325,12 +333,14 @@ def test_a_main_module_run_with_dash_m_is_imported_once_for_every_forkserver_wor
 ) -> None:
     # Workers under the forkserver import the main module again (for the functions it
     # defines): what the main module imports must come preloaded from the forkserver, not be
-    # imported again in each worker.
+    # imported again in each worker; and a module that cannot be imported there (it wants
+    # the application's command line) must not stop the forkserver.
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "__init__.py").write_text("")
     write_script(tmp_path / "app", HEAVY_IMPORT, name="heavy.py")
+    write_script(tmp_path / "app", NEEDS_ITS_COMMAND_LINE, name="settings.py")
     write_script(tmp_path / "app", APP_MAIN, name="main.py")
-    output = run_module(tmp_path, "app.main")
+    output = run_module(tmp_path, "app.main", "--go")
     assert output.stderr == ""
     worker_pids = set(output.stdout.split())
     importers = (tmp_path / "app" / "imports").read_text().split()

@@ -70,7 +70,8 @@ class MapResults(ResultIterator[T]):
     """The results of :meth:`Pool.map`, as an async iterator and an async context manager.
 
     Input is taken from the iterable by a background task, a chunk at a time, at most
-    ``max_in_flight`` items ahead of the results handed out. Leaving ``async with``,
+    ``max_in_flight`` items ahead of the results handed out; a worker that runs short chunks
+    holds the next one already, so that it never waits for the parent. Leaving ``async with``,
     :meth:`aclose`, or dropping the last reference to this object cancels the calls still
     running, killing their workers as a cancelled :meth:`Pool.run` does.
     """
@@ -567,6 +568,8 @@ class _MapRun:
     async def _send_queued(
         self, lane: _Lane, worker: WorkerHandle, sender: tuple[anyio.CancelScope, anyio.Event]
     ) -> None:
+        """Write the lane's chunks not yet written to ``worker``, in order, until none is left
+        or ``sender``'s scope is cancelled."""
         scope, done = sender
         try:
             with scope:

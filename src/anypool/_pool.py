@@ -45,6 +45,7 @@ START_METHODS: Final = ("forkserver", "spawn", "fork")
 """The start methods a pool accepts, as in :mod:`multiprocessing`."""
 
 _WORKER_MODULE: Final = "anypool._child.worker"
+_PRELOAD_MODULE: Final = "anypool._child.preload"
 
 FIRST_START_DELAY: Final = 0.1
 """Seconds a new worker waits to start after one whose initializer raised."""
@@ -836,8 +837,13 @@ def _preload_worker_module_in_forkserver() -> None:
     # Keep what the application asked the forkserver to preload (default: ["__main__"]).
     preload = list(getattr(forkserver, "_preload_modules", ["__main__"]))
     wanted = [_WORKER_MODULE]
-    if "__main__" in preload:
-        wanted += _main_module_imports()
+    names = _main_module_imports() if "__main__" in preload else ()
+    if names:
+        # Through a module of ours that skips what fails to import: the forkserver lets only
+        # an ImportError pass, and any other error of a module preloaded by name would end it,
+        # and with it every worker start.
+        os.environ.setdefault(protocol.PRELOAD_VARIABLE, ",".join(names))
+        wanted.append(_PRELOAD_MODULE)
     missing = [name for name in wanted if name not in preload]
     if missing:
         forkserver.set_forkserver_preload([*preload, *missing])
@@ -852,7 +858,7 @@ def _main_module_imports() -> tuple[str, ...]:
     defines): every worker start would pay for the application's imports, some 100 ms for a
     real one. Preloading the main module itself would make each worker's import of it warn
     (runpy finds it imported already), so what it imports is preloaded instead: the modules
-    already imported here, which are known to import.
+    already imported here.
     """
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)

@@ -62,6 +62,7 @@ __all__ = [
     "ITEM",
     "OPEN",
     "OUT_OF_BAND",
+    "PRELOAD_VARIABLE",
     "QUEUE_GET",
     "QUEUE_PUT",
     "QUEUE_REPLY",
@@ -351,6 +352,11 @@ class ErrorReport(NamedTuple):
     type_name: str
     message: str
     traceback: str
+
+
+PRELOAD_VARIABLE: Final = "ANYPOOL_FORKSERVER_PRELOAD"
+"""The environment variable that names the modules the forkserver preloads for the application
+(see ``anypool._child.preload``)."""
 
 
 class WorkerConfig(NamedTuple):
