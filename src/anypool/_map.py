@@ -197,7 +197,6 @@ class _MapRun:
         self._chunksize = 1 if chunksize == "auto" else chunksize
         self._max_in_flight = max_in_flight
         self._return_exceptions = return_exceptions
-        self._stop_at_error = not return_exceptions
         self._progress = _Progress(progress, iterable)
 
         # Items taken from the input whose results have not been handed out yet.
@@ -408,7 +407,7 @@ class _MapRun:
         event_loop = current_library()
         call: tuple[Any, ...] = (
             apply_to_chunk,
-            (self._fn, items, event_loop, self._stop_at_error),
+            (self._fn, items, event_loop, not self._return_exceptions),
             {},
             event_loop,
         )
@@ -635,7 +634,7 @@ class _MapRun:
     def _fail(self, chunk: _Chunk, error: BaseException) -> None:
         """The chunk as a whole failed (its worker died, an item could not be pickled): every
         item it held gets ``error``."""
-        results = [error] * (1 if self._stop_at_error else chunk.size)
+        results = [error] * (chunk.size if self._return_exceptions else 1)
         self._done(chunk, results, list(range(len(results))))
 
     def _done(self, chunk: _Chunk, results: list[Any], failures: list[int]) -> None:

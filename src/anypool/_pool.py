@@ -297,25 +297,14 @@ class _PoolCore:
 
     # --- calls -----------------------------------------------------------------------------
 
-    async def submit(
-        self,
-        fn: Callable[..., Any],
-        payload: Payload,
-        options: CallOptions,
-        *,
-        on_admitted: Callable[[], object] | None = None,
-        unpickled: bool = True,
-    ) -> Any:
-        """Run a pickled call on a worker; ``on_admitted()`` is called once it has one.
-        Returns the result, or with ``unpickled=False`` its pickle (for :func:`load_result`)."""
+    async def submit(self, fn: Callable[..., Any], payload: Payload, options: CallOptions) -> Any:
+        """Run a pickled call on a worker; return its result."""
         self.accepted += 1
         try:
             worker = await self.acquire()
-            if on_admitted is not None:
-                on_admitted()
             while True:
                 try:
-                    return await self.call(worker, fn, payload, options, unpickled)
+                    return await self.call(worker, fn, payload, options)
                 except _Retry:
                     worker = await self.replace_retired(worker)
         finally:
@@ -377,7 +366,6 @@ class _PoolCore:
         fn: Callable[..., Any],
         payload: Payload,
         options: CallOptions,
-        unpickled: bool = True,
     ) -> Any:
         self.calls_running += 1
         sent = False
@@ -407,9 +395,6 @@ class _PoolCore:
         worker.calls += 1
         self.release(worker)
         if kind == protocol.RESULT:
-            if not unpickled:
-                self.calls_completed += 1
-                return body
             try:
                 result = load_result(body, fn)
             except BaseException:
