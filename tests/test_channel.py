@@ -34,9 +34,11 @@ import workers
 from support import (
     ASYNCIO_BACKEND_IDS,
     ASYNCIO_BACKENDS,
+    dead,
     gone,
     read_pid,
     stays_true,
+    wait_until,
     wait_until_async,
 )
 
@@ -506,6 +508,34 @@ async def test_worker_dying_mid_channel_raises_broken_worker_error() -> None:
                 await channel.receive()
         assert gone(info.value.pid)
         assert_no_call_running(pool)
+        assert await pool.run(workers.square, 3) == 9
+
+
+# Were the end missed again, leaving the block would wait for it for ever, out of reach of
+# the signal method: the thread method ends the run instead.
+@pytest.mark.timeout(60, method="thread")
+async def test_items_that_arrive_with_the_workers_death_are_received_before_the_error(
+    tmp_path: Path,
+) -> None:
+    # Found by the fuzz tests on uvloop: a worker that exits with a message of ours unread
+    # resets its socket (POLLERR), and uvloop then drops the reader after one last callback.
+    # The items that came with the reset were read on that callback; the wait after them hung.
+    go = tmp_path / "go"
+    async with new_pool() as pool:
+        async with pool.open_channel(
+            workers.channel_send_items_then_exit_with_an_item_unread, [1, 2], str(go), 3
+        ) as channel:
+            pid = await channel.receive()
+            await channel.send("never read")
+            go.touch()
+            # Block the event loop until the worker is gone: its items and its end arrive as one.
+            assert wait_until(lambda: dead(pid))
+            assert await channel.receive() == 1
+            assert await channel.receive() == 2
+            with pytest.raises(anypool.BrokenWorkerError) as info:
+                await channel.receive()
+            assert info.value.exitcode == 3
+        assert gone(pid)
         assert await pool.run(workers.square, 3) == 9
 
 

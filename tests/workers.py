@@ -524,6 +524,19 @@ def channel_send_items_then_exit(end: Any, items: list[object], code: int) -> No
     os._exit(code)
 
 
+def channel_send_items_then_exit_with_an_item_unread(
+    end: Any, items: list[object], go: str, code: int
+) -> None:
+    """Send our pid; once the file ``go`` exists, send ``items`` and exit without reading what
+    the parent sent meanwhile (the kernel then resets the parent's end: POLLERR)."""
+    end.send(os.getpid())
+    while not os.path.exists(go):  # not end.poll(): that would read the parent's item
+        time.sleep(0.005)
+    for item in items:
+        end.send(item)
+    os._exit(code)
+
+
 async def async_channel_send_items_then_exit(end: Any, items: list[object], code: int) -> None:
     for item in items:
         await end.send(item)

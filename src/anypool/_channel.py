@@ -26,6 +26,10 @@ from ._protocol import (
 
 __all__ = ["ChannelClosed", "MessageChannel"]
 
+# What poll() reports once the worker's end is gone: closed, or reset because the worker exited
+# with a message of ours unread.
+_PEER_GONE = select.POLLHUP | select.POLLERR
+
 
 class ChannelClosed(Exception):
     """The other end closed the pipe (the worker exited), or this end was closed."""
@@ -46,6 +50,7 @@ class MessageChannel:
         "_sending",
         "_socket",
         "_waiter",
+        "_watch_may_end",
         "_watched_by",
         "cut_short",
     )
@@ -62,6 +67,7 @@ class MessageChannel:
         # asyncio only: the loop our descriptor is registered with, and the future to wake.
         self._watched_by: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._watch_may_end = False
         # Set while a frame waits to be written in full: other frames wait for it.
         self._sending: anyio.Event | None = None
         self.cut_short = False
@@ -157,6 +163,10 @@ class MessageChannel:
             self._unwatch()
             loop.add_reader(self._fd, self._on_readable)
             self._watched_by = loop
+            # uvloop stops watching a descriptor for good once poll reports an error on it: one
+            # last callback, then none, though the frames read on that callback may not include
+            # the end-of-file. The standard library's loops keep watching; other loops might not.
+            self._watch_may_end = not isinstance(loop, asyncio.SelectorEventLoop)
         self._waiter = waiter = loop.create_future()
         try:
             await waiter
@@ -168,12 +178,19 @@ class MessageChannel:
         if waiter is not None:
             if not waiter.done():
                 waiter.set_result(None)
+            if self._watch_may_end and self._peer_gone():
+                # Watch afresh on the next wait, which then hears at once of what is left.
+                self._unwatch()
         elif self._poller.poll(0):
             # Readable with nobody waiting: an idle worker retired or died. The loop would call
             # us again on every iteration until someone reads, so stop watching until then.
             # (Without poll() we would also stop on the stale callback that the loop queues
             # when the woken task has not yet read the frame that woke it.)
             self._unwatch()
+
+    def _peer_gone(self) -> bool:
+        ready = self._poller.poll(0)
+        return bool(ready) and bool(ready[0][1] & _PEER_GONE)
 
     def _unwatch(self) -> None:
         loop, self._watched_by = self._watched_by, None
