@@ -13,7 +13,15 @@ import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Literal
 
-__all__ = ["at_loop_end", "checkpoint", "current_library", "spawn_detached"]
+import anyio.lowlevel
+
+__all__ = [
+    "at_loop_end",
+    "checkpoint",
+    "checkpoint_if_cancelled",
+    "current_library",
+    "spawn_detached",
+]
 
 _detached_asyncio_tasks: set[object] = set()
 
@@ -30,6 +38,18 @@ async def checkpoint() -> None:
         await asyncio.sleep(0)
     else:
         await sys.modules["trio"].lowlevel.checkpoint()
+
+
+async def checkpoint_if_cancelled() -> None:
+    """Raise the cancellation of the current task if one is pending; otherwise return at once.
+
+    Cheaper than :func:`checkpoint` where a yield to the event loop follows anyway: on asyncio,
+    a yield costs a whole iteration of the loop, a tenth of a call's round trip.
+    """
+    if asyncio._get_running_loop() is not None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    else:
+        await sys.modules["trio"].lowlevel.checkpoint_if_cancelled()
 
 
 def spawn_detached(fn: Callable[[], Awaitable[None]]) -> None:

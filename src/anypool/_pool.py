@@ -29,7 +29,7 @@ from ._child.duplex import AsyncChannelEnd, ChannelEnd
 from ._cpu import cpu_count
 from ._duplex import Channel
 from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
-from ._eventloop import checkpoint, current_library, spawn_detached
+from ._eventloop import checkpoint_if_cancelled, current_library, spawn_detached
 from ._map import MapResults
 from ._protocol import Payload
 from ._serialize import describe, dumps, dumps_call_arguments, load_error, load_result
@@ -645,9 +645,10 @@ class Pool:
         ``async def``, it runs on an event loop in the worker (trio if the caller runs trio, else
         asyncio).
 
-        This is a checkpoint. If the calling task is cancelled while the call runs, the worker is
-        terminated (SIGTERM, then SIGKILL after ``kill_grace``) and reaped before the
-        cancellation propagates; see :meth:`with_options` to let the worker finish instead.
+        This is a checkpoint, and a call from a task whose cancellation is pending is never sent.
+        If the calling task is cancelled while the call runs, the worker is terminated (SIGTERM,
+        then SIGKILL after ``kill_grace``) and reaped before the cancellation propagates; see
+        :meth:`with_options` to let the worker finish instead.
 
         Raises:
             Exception: what ``fn`` raised, as itself, with a :class:`RemoteTraceback` as its
@@ -658,7 +659,8 @@ class Pool:
             InitializerError: the pool's initializer raised in the new worker.
             PoolClosedError: the pool is closed, or was terminated during the call.
         """
-        await checkpoint()
+        # Not a full checkpoint: the wait for the worker yields to the event loop anyway.
+        await checkpoint_if_cancelled()
         core = self._core
         core.check_open()
         payload = dumps_call_arguments((fn, args, kwargs, current_library()), fn, args, kwargs)
