@@ -7,6 +7,7 @@ a worker, even when the worker is killed.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -34,8 +35,30 @@ def shared_mappings() -> int:
     return Path("/proc/self/maps").read_text().count("memfd:anypool")
 
 
+def shared_files() -> int:
+    """How many descriptors of anypool's shared-memory files this process holds (a mapping
+    holds one; a spare file kept for reuse is one more), once cycles are collected."""
+    gc.collect()
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the descriptor that listed the directory
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:anypool")
+    return count
+
+
 def identity(value: object) -> object:
     return value
+
+
+_kept: list[numpy.ndarray] = []
+
+
+def keep(array: numpy.ndarray) -> None:
+    _kept.append(array)
+
+
+def kept() -> list[numpy.ndarray]:
+    return _kept
 
 
 def double_in_place(array: numpy.ndarray) -> numpy.ndarray:
@@ -93,6 +116,49 @@ async def test_a_worker_writing_to_its_argument_leaves_the_callers_array_alone()
         result = await pool.run(double_in_place, array)
     assert numpy.array_equal(result, numpy.arange(BIG, dtype=numpy.float64) * 2)
     assert numpy.array_equal(array, numpy.arange(BIG, dtype=numpy.float64))
+
+
+async def test_arrays_held_stay_intact_while_later_transfers_reuse_shared_memory() -> None:
+    # Shared memory let go of is written again for the next large transfer: never while any
+    # array still uses it, in the parent (results held) or in the worker (arguments kept).
+    arrays = list(ranges(6))
+    async with anypool.Pool(1) as pool:
+        held = []
+        for array in arrays:
+            held.append(await pool.run(identity, array))
+            await pool.run(keep, array + 0.5)
+            # Both results dropped at once: their memory is free for the next transfers.
+            await pool.run(identity, array * 3)
+            await pool.run(identity, array[::2])
+        for array, result in zip(arrays, held, strict=True):
+            assert numpy.array_equal(result, array)
+        for array, kept_there in zip(arrays, await pool.run(kept), strict=True):
+            assert numpy.array_equal(kept_there, array + 0.5)
+
+
+async def test_shared_memory_kept_for_reuse_is_bounded_and_goes_with_the_pool() -> None:
+    async with anypool.Pool(1) as pool:
+        for size in [BIG, 3 * BIG, BIG // 2, 2 * BIG, BIG, 5 * BIG]:
+            # Four files each way, all let go of at once.
+            arrays = [numpy.full(size, float(n)) for n in range(4)]
+            for array, result in zip(arrays, await pool.run(identity, arrays), strict=True):
+                assert numpy.array_equal(result, array)
+            del result
+            # At most two spare files, here and in the worker (which holds no array now).
+            assert shared_files() <= 2
+            assert await pool.run(shared_files) <= 2
+        assert shared_files() > 0
+    assert shared_files() == 0
+
+
+async def test_a_forked_worker_does_not_take_the_parents_spare_shared_memory() -> None:
+    # A spare file inherited through fork() is still the parent's to write again: were the
+    # worker to write it as well, transfers of both would overwrite each other.
+    async with anypool.Pool(1) as pool:
+        await pool.run(identity, numpy.ones(BIG))
+        assert shared_files() > 0  # the result's memory, kept as a spare
+        async with anypool.Pool(1, start_method="fork") as forked:
+            assert await forked.run(shared_files) == 0
 
 
 async def test_read_only_arrays_stay_read_only_and_bytearrays_stay_bytearrays() -> None:

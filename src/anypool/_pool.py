@@ -143,6 +143,11 @@ class _PoolCore:
         self.initializer_failures = 0  # in a row
         self.start_not_before = 0.0  # time.monotonic() before which no worker starts
         _live_pools.add(self)
+        # Large results come in shared memory that is worth reusing while the pool is open.
+        # Called once the workers are gone, or when the pool is collected (whichever first).
+        protocol.keep_spare_files(True)
+        self.stop_keeping_spare_files = weakref.finalize(self, protocol.keep_spare_files, False)
+        self.stop_keeping_spare_files.atexit = False
 
     # --- admission -------------------------------------------------------------------------
 
@@ -488,6 +493,7 @@ class _PoolCore:
             for worker in self.busy:
                 worker.signal(signal.SIGKILL)
             await self.wait_all_done()
+        self.stop_keeping_spare_files()
 
     def shutdown_now(self) -> None:
         """Stop every worker, blocking: for interpreter exit, when no event loop is left."""
@@ -499,6 +505,7 @@ class _PoolCore:
         self.idle.clear()
         self.busy.clear()
         self.leaving.clear()
+        self.stop_keeping_spare_files()
 
     def stats(self) -> PoolStats:
         for worker in list(self.idle):
@@ -768,6 +775,7 @@ class Pool:
             raise RuntimeError("close() or terminate() the pool before join()")
         await core.wait_all_done()
         await core.stop_idle_workers(terminate=False)
+        core.stop_keeping_spare_files()
 
     async def terminate(self) -> None:
         """Stop every worker now. Running and waiting calls raise :class:`PoolClosedError`.

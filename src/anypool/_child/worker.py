@@ -30,6 +30,7 @@ def main(connection: Connection, config_blob: bytes) -> None:
     fd = connection.fileno()
     die_with_parent(fd)
     config: protocol.WorkerConfig = loads(config_blob)
+    protocol.keep_spare_files(True)
     # BrokenPipeError: the parent closed its end without waiting for us; nobody is left to tell.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         _serve(Pipe(fd, config.idle_timeout), config)
