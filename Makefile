@@ -35,7 +35,11 @@ soak: venv
 
 # anypool against its peers, every scenario (about 17 minutes); writes docs/benchmarks.md and
 # its plots. `make bench BENCH_OPTIONS=--quick` checks that it runs, in under a minute.
+# pip compiles the bytecode of a wheel it installs, as it did the peers'; the editable source
+# tree here has none where PYTHONDONTWRITEBYTECODE is set, and each process (forkserver and
+# spawned workers included) would compile anypool again on import: compile it first.
 bench: venv
+	$(BIN)/python -m compileall -q src
 	$(BIN)/python -m benchmarks $(BENCH_OPTIONS)
 
 demo: venv
