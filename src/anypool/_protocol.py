@@ -248,7 +248,7 @@ def _drop_spares(keep: int) -> None:
 
 
 def _forget_spares_after_fork() -> None:
-    # The parent still owns them; so is the count of pools.
+    # Both are the parent's: its spare files, which it may be writing again, and its pools.
     global _keepers
     _keepers = 0
     while _spares:
