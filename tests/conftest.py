@@ -22,7 +22,7 @@ import pytest
 import uvloop
 
 import anypool
-from support import ALL_BACKENDS, BACKEND_IDS, POLL_INTERVAL, descendants
+from support import ALL_BACKENDS, BACKEND_IDS, POLL_INTERVAL, descendants, open_fds
 
 LEAK_DEADLINE = 3.0
 
@@ -50,16 +50,6 @@ def multiprocessing_helpers() -> None:
 
 
 # --- leak check ------------------------------------------------------------------------------
-
-
-def open_fds() -> dict[int, str]:
-    """This process's open descriptors and what they point to."""
-    fds = {}
-    for name in os.listdir("/proc/self/fd"):
-        # The descriptor that listed the directory is closed by now: skip it.
-        with contextlib.suppress(OSError):
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-    return fds
 
 
 def shm_entries() -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
@@ -107,6 +108,16 @@ def multiprocessing_helper_pids() -> set[int]:
         multiprocessing.resource_tracker._resource_tracker._pid,  # type: ignore[attr-defined]
     }
     return {pid for pid in pids if pid is not None}
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open descriptors and what they point to."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        # The descriptor that listed the directory is closed by now: skip it.
+        with contextlib.suppress(OSError):
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return fds
 
 
 def descendants() -> dict[int, psutil.Process]:

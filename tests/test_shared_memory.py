@@ -7,7 +7,6 @@ a worker, even when the worker is killed.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import signal
@@ -20,7 +19,7 @@ import pytest
 
 import anypool
 from anypool import _protocol as protocol
-from support import read_pid
+from support import open_fds, read_pid
 
 pytestmark = pytest.mark.anyio
 
@@ -39,11 +38,7 @@ def shared_files() -> int:
     """How many descriptors of anypool's shared-memory files this process holds (a mapping
     holds one; a spare file kept for reuse is one more), once cycles are collected."""
     gc.collect()
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(FileNotFoundError):  # the descriptor that listed the directory
-            count += os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:anypool")
-    return count
+    return sum(target.startswith("/memfd:anypool") for target in open_fds().values())
 
 
 def identity(value: object) -> object:

@@ -251,8 +251,7 @@ def _forget_spares_after_fork() -> None:
     # Both are the parent's: its spare files, which it may be writing again, and its pools.
     global _keepers
     _keepers = 0
-    while _spares:
-        os.close(_spares.pop())
+    _drop_spares(0)
 
 
 os.register_at_fork(after_in_child=_forget_spares_after_fork)
