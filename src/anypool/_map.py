@@ -412,7 +412,7 @@ class _MapRun:
             event_loop,
         )
         try:
-            payload = dumps_call_arguments(call, self._fn, tuple(items), {}, large_bytes=False)
+            payload = dumps_call_arguments(call, self._fn, items, {}, large_bytes=False)
         except Exception as error:
             # An item cannot be pickled: every item of its chunk gets the error.
             self._fail(_Chunk(index, len(items), b""), error)

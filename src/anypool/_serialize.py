@@ -13,7 +13,7 @@ import pickle
 import sys
 import types
 from collections import ChainMap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, overload
 
 import cloudpickle
@@ -190,10 +190,15 @@ def _take_large(buffers: list[memoryview], buffer: pickle.PickleBuffer) -> bool:
     return False
 
 
+_SCANNED_ARGUMENTS = 64
+"""Up to this many arguments, a scan of their types may find that the C pickler alone will do;
+for more (a map's large chunk), the scan would cost more than it saves."""
+
+
 def dumps_call_arguments(
     message: object,
     fn: Callable[..., Any],
-    args: tuple[Any, ...],
+    args: Sequence[Any],
     kwargs: dict[str, Any],
     *,
     large_bytes: bool = True,
@@ -205,15 +210,16 @@ def dumps_call_arguments(
     Raises:
         SerializationError: naming the function or the argument that could not be pickled.
     """
-    kinds = {*map(type, args), *map(type, kwargs.values())}
-    if large_bytes and bytes in kinds:
-        # The arguments are two levels down in the message.
-        message = _large_bytes_out_of_band(message, depth=2)
-    elif kinds <= _PLAIN_TYPES and type(fn) is types.FunctionType and fn in _found_by_reference:
-        # The common call: a module's function of plain values (what else the message holds
-        # is plain too, or anypool's own). The C pickler does as ours would, without our hook
-        # for each object: a third of the time.
-        return pickle.dumps(message, PROTOCOL)
+    if large_bytes or len(args) <= _SCANNED_ARGUMENTS:
+        kinds = {*map(type, args), *map(type, kwargs.values())}
+        if large_bytes and bytes in kinds:
+            # The arguments are two levels down in the message.
+            message = _large_bytes_out_of_band(message, depth=2)
+        elif kinds <= _PLAIN_TYPES and type(fn) is types.FunctionType and fn in _found_by_reference:
+            # The common call: a module's function of plain values (what else the message
+            # holds is plain too, or anypool's own). The C pickler does as ours would, without
+            # a pickler object of our own and its hook for each object: a third of the time.
+            return pickle.dumps(message, PROTOCOL)
     try:
         return dumps(message, out_of_band=True)
     except Exception as error:
@@ -245,7 +251,7 @@ def dumps_item(item: object, purpose: str, *, out_of_band: bool = False) -> Payl
 
 
 def _find_unpicklable(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
 ) -> tuple[str, object]:
     candidates: list[tuple[str, object]] = [("the function", fn)]
     candidates += [(f"argument {index}", arg) for index, arg in enumerate(args)]
