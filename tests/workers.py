@@ -84,6 +84,18 @@ def touch_and_return(path: Path, value: object) -> object:
     return value
 
 
+def append_pid_and_return(path: Path, value: object) -> object:
+    """Add this process's pid as a line of ``path``: one line per run of the call."""
+    with path.open("a") as file:
+        file.write(f"{os.getpid()}\n")
+    return value
+
+
+def wait_for_then_exit(path: Path, code: int) -> None:
+    wait_for_path(path, 30.0)
+    os._exit(code)
+
+
 def return_when_path_exists(path: Path, value: object, timeout: float = 10.0) -> object:
     wait_for_path(path, timeout)
     return value

@@ -94,8 +94,10 @@ class MessageChannel:
             os.close(self._socket.detach())
             self._reader.close()
 
-    async def send(self, kind: int, payload: Payload) -> None:
-        """Send one frame. Frames sent by concurrent tasks go one after the other.
+    async def send(self, kind: int, payload: Payload, *, whole: bool = False) -> None:
+        """Send one frame. Frames sent by concurrent tasks go one after the other. With
+        ``whole``, a cancellation stops the send only before its first byte: once begun, the
+        frame is written in full.
 
         Raises:
             ChannelClosed: the worker's end is gone, or an earlier send was cancelled part-way
@@ -113,9 +115,11 @@ class MessageChannel:
                 return
             self._sending = sending = anyio.Event()
             try:
-                while sent < total:
-                    await anyio.wait_writable(self._fd)
-                    sent += self._write(parts, sent, fds)
+                with anyio.CancelScope() as scope:
+                    while sent < total:
+                        scope.shield = whole and sent > 0
+                        await anyio.wait_writable(self._fd)
+                        sent += self._write(parts, sent, fds)
             except BaseException:
                 self.cut_short = sent > 0
                 raise

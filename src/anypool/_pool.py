@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -29,12 +30,12 @@ from ._child.duplex import AsyncChannelEnd, ChannelEnd
 from ._cpu import cpu_count
 from ._duplex import Channel
 from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
-from ._eventloop import checkpoint_if_cancelled, current_library, spawn_detached
+from ._eventloop import Wakeup, checkpoint_if_cancelled, current_library, spawn_detached
 from ._map import MapResults
 from ._protocol import Payload
 from ._serialize import describe, dumps, dumps_call_arguments, load_error, load_result
 from ._stream import StreamResults
-from ._worker import WorkerHandle
+from ._worker import CAN_PAUSE, WorkerHandle
 
 __all__ = ["START_METHODS", "CallOptions", "Pool", "PoolStats"]
 
@@ -51,6 +52,13 @@ FIRST_START_DELAY: Final = 0.1
 """Seconds a new worker waits to start after one whose initializer raised."""
 MAX_START_DELAY: Final = 5.0
 """The longest wait before a new worker starts, however often the initializer raised."""
+QUEUE_BEHIND_SECONDS: Final = 0.005
+"""When every worker is busy, a call may be sent to one to start as soon as the call it runs is
+over, if that worker's last call took less than this and the one it runs started less than this
+ago. A call sent to a worker cannot go to another one that frees up first; for longer calls the
+moment a worker waits between two is a small part of their time anyway."""
+_QUEUED_MAX_BYTES: Final = 64 * 1024
+"""Larger calls wait for a worker that is free: a call sent ahead must fit in the pipe."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +96,35 @@ class CallOptions:
 class _Waiter:
     """A call waiting for a worker, in order of arrival."""
 
-    __slots__ = ("event", "may_start", "worker")
+    __slots__ = ("event", "may_queue", "may_start", "slot", "worker")
 
-    def __init__(self) -> None:
-        self.event = anyio.Event()
+    def __init__(self, may_queue: bool) -> None:
+        self.event = Wakeup()
         self.worker: WorkerHandle | None = None
         self.may_start = False
+        self.may_queue = may_queue
+        self.slot: _Slot | None = None
+        """Set with ``worker`` when the call is to be sent behind the call that worker runs."""
+
+
+class _Slot:
+    """A call sent to a busy worker, to start once the call it runs is over."""
+
+    __slots__ = ("dropped", "fate", "kill_on_cancel", "number", "sent", "turn")
+
+    def __init__(self) -> None:
+        self.number = 0
+        """Its number among the QUEUED calls of its worker, once sent."""
+        self.sent = False
+        self.turn = Wakeup()
+        """Set once the call ahead is over: the worker's next word is about this call (or
+        ``fate`` says why there will be none)."""
+        self.fate: Literal["retry", "lost"] | None = None
+        """``"retry"``: the worker is gone and never started the call; ``"lost"``: it died
+        running it."""
+        self.dropped = False
+        """Cancelled before it was known to start: a DROP followed it."""
+        self.kill_on_cancel = True
 
 
 class _Retry(Exception):
@@ -128,6 +159,12 @@ class _PoolCore:
         self.leaving: set[WorkerHandle] = set()
         self.starting = 0
         self.waiters: deque[_Waiter] = deque()
+        # Busy workers running a short call (see QUEUE_BEHIND_SECONDS) that may be sent the next
+        # call behind it, with the time until which that call counts as short.
+        self.queueable: dict[WorkerHandle, float] = {}
+        # The call sent (or about to be) to a busy worker behind the call it runs, until that
+        # call is over. One per worker: a call waits in a worker's pipe behind one call at most.
+        self.queued: dict[WorkerHandle, _Slot] = {}
 
         self.closed = False
         self.terminated = False
@@ -156,42 +193,54 @@ class _PoolCore:
 
     async def acquire(self) -> WorkerHandle:
         """A worker for one call: an idle one, a new one, or the first one freed, in FIFO order."""
+        worker, _ = await self.acquire_place(may_queue=False)
+        return worker
+
+    async def acquire_place(self, may_queue: bool) -> tuple[WorkerHandle, _Slot | None]:
+        """A worker for one call, as :meth:`acquire`; or, if ``may_queue`` and every worker
+        is busy, a busy one and the place behind the call it runs (the slot)."""
         if self.terminated:
             # (A map's later chunks get here as the pool is terminated.)
             raise PoolClosedError("the pool was terminated")
         if not self.waiters:
             worker = self.pop_idle()
             if worker is not None:
-                return worker
+                return worker, None
             if self.has_capacity():
                 self.starting += 1
-                return await self.start_worker()
-        waiter = _Waiter()
+                return await self.start_worker(), None
+            if may_queue and (worker := self.queueable_worker()) is not None:
+                return worker, self.reserve_slot(worker)
+        waiter = _Waiter(may_queue)
         self.waiters.append(waiter)
         try:
             await waiter.event.wait()
         except BaseException:
-            if waiter.worker is not None:
+            if waiter.worker is None:
+                if waiter.may_start:
+                    self.starting -= 1
+                    self.dispatch()
+                else:
+                    self.waiters.remove(waiter)
+            elif waiter.slot is not None:
+                self.withdraw(waiter.worker, waiter.slot)
+            else:
                 # Granted a worker at the instant we were cancelled: pass it on.
                 self.release(waiter.worker)
-            elif waiter.may_start:
-                self.starting -= 1
-                self.dispatch()
-            else:
-                self.waiters.remove(waiter)
             raise
         if waiter.worker is not None:
-            return waiter.worker
+            return waiter.worker, waiter.slot
         if not waiter.may_start:
             raise PoolClosedError("the pool was terminated while the call waited for a worker")
-        return await self.start_worker()
+        return await self.start_worker(), None
 
     def dispatch(self) -> None:
-        """Hand idle workers, or room for new ones, to waiting calls in order."""
+        """Hand idle workers, room for new ones, or places behind short calls, to waiting
+        calls in order."""
         while self.waiters:
             worker = self.pop_idle()
             if worker is None and not self.has_capacity():
-                return
+                break
             waiter = self.waiters.popleft()
             if worker is None:
                 self.starting += 1
@@ -199,6 +248,41 @@ class _PoolCore:
             else:
                 waiter.worker = worker
             waiter.event.set()
+        while self.waiters and self.waiters[0].may_queue:
+            worker = self.queueable_worker()
+            if worker is None:
+                return
+            waiter = self.waiters.popleft()
+            waiter.worker = worker
+            waiter.slot = self.reserve_slot(worker)
+            waiter.event.set()
+
+    def queueable_worker(self) -> WorkerHandle | None:
+        """A busy worker running a short call, that may be sent the next call behind it."""
+        if self.queueable:
+            now = time.monotonic()
+            for worker, until in self.queueable.items():
+                if now < until:
+                    del self.queueable[worker]
+                    return worker
+            self.queueable.clear()
+        return None
+
+    def reserve_slot(self, worker: WorkerHandle) -> _Slot:
+        slot = self.queued[worker] = _Slot()
+        return slot
+
+    def running(self, worker: WorkerHandle) -> None:
+        """A call starts on the worker: it may be sent the next one behind it if it is short."""
+        now = worker.call_started = time.monotonic()
+        if (
+            worker.last_call_seconds < QUEUE_BEHIND_SECONDS
+            and CAN_PAUSE
+            and (self.max_tasks_per_worker is None or worker.calls + 2 <= self.max_tasks_per_worker)
+        ):
+            self.queueable[worker] = now + QUEUE_BEHIND_SECONDS
+            if self.waiters:
+                self.dispatch()
 
     def pop_idle(self) -> WorkerHandle | None:
         """The most recently used idle worker that is still alive, now marked busy."""
@@ -264,6 +348,31 @@ class _PoolCore:
         error.__cause__ = load_error(report)
         return error
 
+    def finish(self, worker: WorkerHandle) -> None:
+        """The worker's call is over and its outcome read: the worker goes on to the call
+        queued behind it, or back to the pool."""
+        self.queueable.pop(worker, None)
+        slot = self.queued.pop(worker, None)
+        if slot is None:
+            self.release(worker)
+        elif slot.dropped:
+            self.resolve_dropped(worker, slot)
+        else:
+            # The slot's call reads the worker's pipe from now on. It may not have started
+            # yet, but it is the worker's next call: once it is sent, so may the one after it
+            # be (not before: the worker runs calls in the order they reach it).
+            slot.turn.set()
+            if slot.sent:
+                self.running(worker)
+
+    def withdraw(self, worker: WorkerHandle, slot: _Slot) -> None:
+        """Give up the place behind a busy worker's call, before the call was sent there."""
+        if self.queued.get(worker) is slot:
+            del self.queued[worker]
+        elif slot.turn.is_set and slot.fate is None:
+            # The call ahead is over and the worker was passed on to this call: pass it on.
+            self.finish(worker)
+
     def release(self, worker: WorkerHandle) -> None:
         """Take back a worker whose call is over and that is ready for another."""
         # It ran a call, so the initializer worked: no more back-off.
@@ -284,13 +393,36 @@ class _PoolCore:
     ) -> int | None:
         """Stop and reap a busy worker (see :meth:`WorkerHandle.stop`), then forget it and pass
         its place on. Returns its exit code."""
+        self.queueable.pop(worker, None)
+        slot = self.queued.pop(worker, None)
+        # Terminated with a call queued behind: what it left in its pipe says whether it
+        # started that call.
+        keep_pipe = slot is not None and terminate
         try:
-            return await worker.stop(self.kill_grace, terminate=terminate)
+            return await worker.stop(self.kill_grace, terminate=terminate, keep_pipe=keep_pipe)
         finally:
+            if slot is not None and not slot.dropped:
+                slot.fate = "lost" if self.started_queued_call(worker, slot) else "retry"
+                slot.turn.set()
+            if keep_pipe:
+                worker.close_pipe()
             self.busy.discard(worker)
             if replaced and not self.terminated:
                 self.workers_replaced += 1
             self.dispatch()
+
+    @staticmethod
+    def started_queued_call(worker: WorkerHandle, slot: _Slot) -> bool:
+        """Whether what is left in the pipe of a worker that exited says it started the call
+        of ``slot``, queued behind the one it ran."""
+        started = (protocol.STARTED, protocol.COUNT.pack(slot.number))
+        try:
+            while (frame := worker.channel.receive_nowait()) is not None:
+                if frame == started:
+                    return True
+        except ChannelClosed:
+            pass
+        return False
 
     def let_go(self, worker: WorkerHandle) -> None:
         """Close a worker's pipe so that it exits; it is reaped later."""
@@ -306,12 +438,22 @@ class _PoolCore:
         """Run a pickled call on a worker; return its result."""
         self.accepted += 1
         try:
-            worker = await self.acquire()
+            # Only a small call may wait in a busy worker's pipe.
+            small = (
+                payload if type(payload) is bytes and len(payload) <= _QUEUED_MAX_BYTES else None
+            )
+            worker, slot = await self.acquire_place(may_queue=small is not None)
             while True:
                 try:
-                    return await self.call(worker, fn, payload, options)
+                    if slot is None:
+                        return await self.call(worker, fn, payload, options)
+                    assert small is not None
+                    return await self.call_queued(worker, slot, fn, small, options)
                 except _Retry:
-                    worker = await self.replace_retired(worker)
+                    if slot is None:
+                        worker = await self.replace_retired(worker)
+                    else:
+                        worker, slot = await self.acquire_place(may_queue=True)
         finally:
             self.call_finished()
 
@@ -328,6 +470,11 @@ class _PoolCore:
     def let_go_retired(self, worker: WorkerHandle) -> None:
         """Forget a busy worker that said RETIRING: it reads nothing more and exits."""
         self.busy.discard(worker)
+        self.queueable.pop(worker, None)
+        slot = self.queued.pop(worker, None)
+        if slot is not None and not slot.dropped:
+            slot.fate = "retry"
+            slot.turn.set()
         self.let_go(worker)
 
     async def open_session(self, kind: int, payload: Payload) -> WorkerHandle:
@@ -372,11 +519,133 @@ class _PoolCore:
         payload: Payload,
         options: CallOptions,
     ) -> Any:
+        """Run a call on a worker of its own."""
         self.calls_running += 1
-        sent = False
+        self.running(worker)
         try:
             await worker.channel.send(protocol.CALL, payload)
-            sent = True
+        except ChannelClosed:
+            self.calls_running -= 1
+            raise await self.worker_lost(worker, fn) from None
+        except BaseException:
+            # A frame cut short by the cancellation leaves the pipe unusable: kill the worker.
+            self.calls_running -= 1
+            self.calls_cancelled += 1
+            await self.stop_busy(worker, terminate=True)
+            raise
+        return await self.outcome(worker, fn, options)
+
+    async def call_queued(
+        self,
+        worker: WorkerHandle,
+        slot: _Slot,
+        fn: Callable[..., Any],
+        payload: bytes,
+        options: CallOptions,
+    ) -> Any:
+        """Run a call on a busy worker, sent now to start once the call it runs is over.
+
+        Raises:
+            _Retry: the worker is gone and never started the call.
+        """
+        slot.kill_on_cancel = options.kill_on_cancel
+        worker.queued_calls += 1
+        slot.number = worker.queued_calls
+        try:
+            # Whole: cut short, the frame would break the pipe for the call ahead too.
+            await worker.channel.send(
+                protocol.QUEUED, protocol.COUNT.pack(slot.number) + payload, whole=True
+            )
+        except ChannelClosed:
+            # The worker is gone or going; whoever reads its pipe sees to it.
+            self.withdraw(worker, slot)
+            raise _Retry from None
+        except BaseException:
+            # Cancelled before a byte of it was sent.
+            self.withdraw(worker, slot)
+            raise
+        slot.sent = True
+        if slot.turn.is_set and slot.fate is None:
+            self.running(worker)  # (see finish)
+        self.calls_running += 1
+        try:
+            await slot.turn.wait()
+            if slot.fate is None:
+                kind, body = await worker.receive()
+        except ChannelClosed:
+            # Gone before it said a word of this call.
+            self.calls_running -= 1
+            await self.stop_busy(worker, terminate=False)
+            raise _Retry from None
+        except BaseException:
+            self.calls_running -= 1
+            self.calls_cancelled += 1
+            await self.drop(worker, slot)
+            raise
+        if slot.fate is not None:
+            self.calls_running -= 1
+            if slot.fate == "retry":
+                raise _Retry
+            if self.terminated:
+                raise PoolClosedError(f"the pool was terminated during the call to {describe(fn)}")
+            self.calls_failed += 1
+            raise BrokenWorkerError(worker.pid, worker.exitcode, f"the call to {describe(fn)}")
+        if kind == protocol.RETIRING:
+            self.calls_running -= 1
+            self.let_go_retired(worker)
+            raise _Retry
+        assert (kind, body) == (protocol.STARTED, protocol.COUNT.pack(slot.number)), kind
+        return await self.outcome(worker, fn, options)
+
+    async def drop(self, worker: WorkerHandle, slot: _Slot) -> None:
+        """Withdraw a queued call cancelled before it was known to start: the worker skips
+        it, or if it had started it, it is stopped or run out in the background as any
+        cancelled call (see :meth:`resolve_dropped`)."""
+        if slot.fate is not None:
+            return  # the worker is gone, and whoever saw it go saw to the rest
+        # Otherwise whoever finishes the call ahead sees the drop and waits for the answer.
+        reads_the_answer = slot.turn.is_set
+        slot.dropped = True
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(ChannelClosed):
+                await worker.channel.send(protocol.DROP, protocol.COUNT.pack(slot.number))
+        if reads_the_answer:
+            self.resolve_dropped(worker, slot)
+
+    def resolve_dropped(self, worker: WorkerHandle, slot: _Slot) -> None:
+        """In the background: hear whether the worker skipped a dropped call or had started
+        it already, and treat a started one as any cancelled call."""
+        self.accepted += 1
+
+        async def resolve() -> None:
+            try:
+                kind, _ = await worker.receive()
+                if kind == protocol.RETIRING:
+                    self.let_go_retired(worker)
+                    self.dispatch()
+                    return
+                if kind == protocol.STARTED:
+                    if slot.kill_on_cancel or self.terminated:
+                        await self.stop_cancelled(worker)
+                        return
+                    await worker.receive()  # its outcome, discarded
+                    worker.calls += 1
+                self.finish(worker)
+            except ChannelClosed:
+                await self.stop_busy(worker, terminate=False)
+            except BaseException:
+                # The event loop is ending: nobody will wait for this worker any more.
+                await self.stop_busy(worker, terminate=True)
+            finally:
+                self.call_finished()
+
+        spawn_detached(resolve)
+
+    async def outcome(
+        self, worker: WorkerHandle, fn: Callable[..., Any], options: CallOptions
+    ) -> Any:
+        """The outcome of the call the worker runs: its result, or its error raised."""
+        try:
             kind, body = await worker.receive()
         except ChannelClosed:
             self.calls_running -= 1
@@ -385,11 +654,10 @@ class _PoolCore:
             # Cancelled (or interrupted) while the worker runs the call.
             self.calls_running -= 1
             self.calls_cancelled += 1
-            if sent and not options.kill_on_cancel and not self.terminated:
+            if not options.kill_on_cancel and not self.terminated:
                 self.drain_in_background(worker)
             else:
-                # A frame cut short by the cancellation leaves the pipe unusable: kill anyway.
-                await self.stop_busy(worker, terminate=True)
+                await self.stop_cancelled(worker)
             raise
         self.calls_running -= 1
         if kind == protocol.RETIRING:
@@ -398,7 +666,8 @@ class _PoolCore:
             self.calls_failed += 1
             raise await self.initializer_failed(worker, body)
         worker.calls += 1
-        self.release(worker)
+        worker.last_call_seconds = time.monotonic() - worker.call_started
+        self.finish(worker)
         if kind == protocol.RESULT:
             try:
                 result = load_result(body, fn)
@@ -409,6 +678,36 @@ class _PoolCore:
             return result
         self.calls_failed += 1
         raise load_error(body)
+
+    async def stop_cancelled(self, worker: WorkerHandle) -> None:
+        """Terminate the worker of a cancelled call; unless the call is over already and the
+        worker goes on to the call queued behind it, which must not die with it."""
+        slot = self.queued.get(worker)
+        if slot is not None and not slot.dropped:
+            # Stopped, the worker cannot finish the call and start the next meanwhile.
+            if worker.pause():
+                if self.outcome_arrived(worker):
+                    worker.resume()
+                    worker.calls += 1
+                    self.finish(worker)
+                    return
+                # It dies as it resumes, before it could start the next call.
+                worker.signal(signal.SIGTERM)
+            worker.resume()
+        await self.stop_busy(worker, terminate=True)
+
+    @staticmethod
+    def outcome_arrived(worker: WorkerHandle) -> bool:
+        """Whether the outcome of the worker's call has arrived, unread; it is read if so."""
+        try:
+            while (frame := worker.channel.receive_nowait()) is not None:
+                if frame[0] == protocol.RESULT or frame[0] == protocol.ERROR:
+                    return True
+                if frame[0] == protocol.QUEUE_PUT or frame[0] == protocol.QUEUE_GET:
+                    return False  # the call waits for the answer
+        except ChannelClosed:
+            pass
+        return False
 
     async def worker_lost(self, worker: WorkerHandle, fn: Callable[..., Any]) -> Exception:
         """Reap a busy worker whose pipe closed under a call to ``fn``; the error for the call."""
@@ -445,7 +744,7 @@ class _PoolCore:
                 # The event loop is ending: nobody will wait for this worker any more.
                 await self.stop_busy(worker, terminate=True)
             else:
-                self.release(worker)
+                self.finish(worker)
             finally:
                 self.call_finished()
 

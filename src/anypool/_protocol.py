@@ -16,6 +16,10 @@ Parent to worker:
                 ``fn(channel_end, *args, **kwargs)``; then ITEM and CREDIT flow both ways.
     EOF         empty: the parent sends no more ITEMs on the channel.
     QUEUE_REPLY a REPLY status, then what a queue request returns (a pickled item for a get).
+    QUEUED      a COUNT, the call's number (counted per worker), then a CALL's payload: a
+                call sent while the worker runs another. The worker announces it (STARTED)
+                before it starts it, unless a DROP for it has arrived by then (SKIPPED).
+    DROP        a COUNT: do not start the QUEUED call of that number; too late once started.
 Worker to parent:
     RESULT      the pickled return value of a call; ends a stream or a channel too.
     ITEM        one pickled item of a stream, or of a channel (both ways).
@@ -26,6 +30,9 @@ Worker to parent:
     INIT_FAILED a pickled :class:`ErrorReport`: the pool's initializer raised; the worker exits.
     RETIRING    empty: the worker was idle for ``idle_timeout`` and exits without reading
                 anything more, so a CALL the parent sent meanwhile was never started.
+    STARTED     a COUNT: the worker starts the QUEUED call of that number. It comes after
+                the outcome of the call before, often in the same write.
+    SKIPPED     a COUNT: the worker did not start that QUEUED call, as a DROP asked.
 
 Large buffers (a numpy array's data, a bytearray: what pickle protocol 5 lets go out of band)
 in a CALL, STREAM or OPEN, a RESULT, or an ITEM (of a stream or a channel, either way) do not
@@ -63,6 +70,7 @@ __all__ = [
     "CLOSE",
     "COUNT",
     "CREDIT",
+    "DROP",
     "EOF",
     "ERROR",
     "HEADER",
@@ -71,6 +79,7 @@ __all__ = [
     "OPEN",
     "OUT_OF_BAND",
     "PRELOAD_VARIABLE",
+    "QUEUED",
     "QUEUE_GET",
     "QUEUE_PUT",
     "QUEUE_REPLY",
@@ -78,6 +87,8 @@ __all__ = [
     "REPLY",
     "RESULT",
     "RETIRING",
+    "SKIPPED",
+    "STARTED",
     "STREAM",
     "ErrorReport",
     "FrameReader",
@@ -107,6 +118,10 @@ EOF: Final = 11
 QUEUE_PUT: Final = 12
 QUEUE_GET: Final = 13
 QUEUE_REPLY: Final = 14
+QUEUED: Final = 15
+DROP: Final = 16
+STARTED: Final = 17
+SKIPPED: Final = 18
 
 COUNT: Final = struct.Struct("<Q")
 

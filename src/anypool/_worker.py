@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import os
 import signal
+import time
 import weakref
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -18,12 +19,16 @@ from ._channel import MessageChannel
 from ._child.worker import main as worker_main
 from ._queue import serve_request
 
-__all__ = ["WorkerHandle"]
+__all__ = ["CAN_PAUSE", "WorkerHandle"]
 
 # The parent's ends of every live worker's pipe. A process forked from this one (a worker under
 # the "fork" start method, or the application's own fork) must not keep copies of them: a worker
 # whose parent end lives on in another process never sees end-of-file when the pool closes it.
 _parent_ends: weakref.WeakSet[MessageChannel] = weakref.WeakSet()
+
+CAN_PAUSE = os.path.exists(f"/proc/{os.getpid()}/stat")
+"""Whether :meth:`WorkerHandle.pause` can tell when a process has stopped (it reads /proc)."""
+_PAUSE_TIMEOUT = 0.1
 
 
 def _forget_parent_ends_after_fork() -> None:
@@ -42,13 +47,29 @@ class WorkerHandle:
     and only the owner waits on its pipe or its exit: anyio allows one waiter per descriptor.
     """
 
-    __slots__ = ("_process", "calls", "channel", "exitcode", "pid", "queue_request")
+    __slots__ = (
+        "_process",
+        "call_started",
+        "calls",
+        "channel",
+        "exitcode",
+        "last_call_seconds",
+        "pid",
+        "queue_request",
+        "queued_calls",
+    )
 
     def __init__(self, process: BaseProcess, channel: MessageChannel) -> None:
         self._process = process
         self.channel = channel
         self.pid: int = process.pid  # type: ignore[assignment]  # set once started
         self.calls = 0
+        self.call_started = 0.0
+        """When the call it runs started (``time.monotonic()``)."""
+        self.last_call_seconds = math.inf
+        """How long its last call took, as the parent saw it."""
+        self.queued_calls = 0
+        """How many QUEUED calls it was sent (they are numbered)."""
         self.exitcode: int | None = None
         """The exit status once the process has been reaped, else ``None``."""
         self.queue_request: tuple[int, bytes | bytearray] | None = None
@@ -107,6 +128,31 @@ class WorkerHandle:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
 
+    def pause(self) -> bool:
+        """Stop the process where it is (SIGSTOP) and wait until it has stopped: it writes
+        nothing more until :meth:`resume`. ``False`` if that cannot be told (it exited, or
+        stays busy in the kernel); it may then be running still, or be stopped."""
+        self.signal(signal.SIGSTOP)
+        # kill() returns before the process stops; /proc says when it has.
+        deadline = time.monotonic() + _PAUSE_TIMEOUT
+        while True:
+            try:
+                with open(f"/proc/{self.pid}/stat", "rb") as file:
+                    stat = file.read()
+            except OSError:
+                return False
+            # The state follows the command name, which is in parentheses and may hold any.
+            state = stat[stat.rindex(b")") + 2]
+            if state in b"Tt":
+                return True
+            if state in b"ZX" or time.monotonic() > deadline:
+                return False
+            os.sched_yield()
+
+    def resume(self) -> None:
+        """Let a process stopped by :meth:`pause` go on."""
+        self.signal(signal.SIGCONT)
+
     def poll_exited(self) -> bool:
         """Reap the process if it has exited, without waiting."""
         if self.exitcode is None and self._process.exitcode is not None:
@@ -132,13 +178,16 @@ class WorkerHandle:
         self.exitcode = self._process.exitcode
         self._process.close()
 
-    async def stop(self, grace: float, *, terminate: bool) -> int | None:
+    async def stop(self, grace: float, *, terminate: bool, keep_pipe: bool = False) -> int | None:
         """End the process and reap it: SIGTERM first if ``terminate`` (else wait for it to exit
-        after its pipe is closed), then SIGKILL once ``grace`` seconds have passed.
+        after its pipe is closed), then SIGKILL once ``grace`` seconds have passed. With
+        ``keep_pipe`` (and ``terminate``), the pipe stays open for the caller to read what is
+        left in it, and to close.
 
         Shielded from cancellation: when this returns the process is gone. Returns its exit code.
         """
-        self.close_pipe()
+        if not keep_pipe:
+            self.close_pipe()
         with anyio.CancelScope(shield=True):
             if terminate:
                 self.signal(signal.SIGTERM)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import _protocol as protocol
 
-__all__ = ["Pipe", "current"]
+__all__ = ["Frame", "Pipe", "current"]
 
 Frame = tuple[int, Any]
 """A message's kind and payload (see ``FrameReader.next_frame``)."""
@@ -89,9 +89,33 @@ class Pipe:
         """Whether a message (or end-of-file) is waiting to be received."""
         return bool(self._backlog) or self._reader.partial or bool(self._poller.poll(0))
 
-    def send(self, kind: int, payload: protocol.Payload) -> None:
-        """Send one frame, blocking until it is written."""
+    def ready(self) -> Frame | None:
+        """The next message if it has arrived in full, without waiting; else ``None`` (also
+        at end-of-file, which the next :meth:`receive` reports)."""
+        frame = self.take_frame()
+        if frame is None and self._poller.poll(0) and self.read_available():
+            frame = self.take_frame()
+        return frame
+
+    def take(self, kind: int) -> list[Any]:
+        """The payloads of the messages of ``kind`` that have arrived, taken out of turn;
+        without waiting."""
+        if self._poller.poll(0):
+            self.read_available()
+        while (frame := self._reader.next_frame()) is not None:
+            self._backlog.append(frame)
+        taken = [payload for each, payload in self._backlog if each == kind]
+        if taken:
+            self._backlog = deque(frame for frame in self._backlog if frame[0] != kind)
+        return taken
+
+    def send(self, kind: int, payload: protocol.Payload, then: Frame | None = None) -> None:
+        """Send one frame, blocking until it is written; and the small frame ``then`` (a kind
+        and its bytes) in the same write, if given."""
         parts, total, fds = protocol.encode_frame(kind, payload)
+        if then is not None:
+            parts += (protocol.HEADER.pack(then[0], len(then[1])), then[1])
+            total += protocol.HEADER.size + len(then[1])
         try:
             sent = protocol.send_frame(self._socket, parts, fds)
         finally:

@@ -18,7 +18,7 @@ from .._errors import SerializationError
 from .._serialize import describe, dumps, dumps_item, loads
 from .duplex import AsyncChannelEnd, ChannelEnd, ChannelState, run_blocking
 from .lifeline import die_with_parent
-from .pipe import Pipe
+from .pipe import Frame, Pipe
 
 __all__ = ["main"]
 
@@ -43,23 +43,68 @@ def _serve(pipe: Pipe, config: protocol.WorkerConfig) -> None:
         except BaseException as error:
             pipe.send(protocol.INIT_FAILED, _report(error))
             return
+    message: Frame | None = None
+    announced = False  # whether STARTED went out for the QUEUED call in ``message``
+    drops: set[int] = set()  # QUEUED calls dropped, by number, that may not have arrived yet
     while True:
-        try:
-            message = pipe.receive()
-        except TimeoutError:
-            # Tell the parent before leaving: a call it sends from now on was never started.
-            pipe.send(protocol.RETIRING, b"")
-            return
         if message is None:
-            return
+            try:
+                message = pipe.receive()
+            except TimeoutError:
+                # Tell the parent before leaving: a call it sends from now on was never started.
+                pipe.send(protocol.RETIRING, b"")
+                return
+            if message is None:
+                return
         kind, payload = message
-        if kind == protocol.STREAM:
-            _stream(pipe, payload)
-        elif kind == protocol.CALL:
+        if kind == protocol.QUEUED and not announced:
+            number = protocol.COUNT.unpack_from(payload)[0]
+            if _dropped(pipe, number, drops):
+                pipe.send(protocol.SKIPPED, protocol.COUNT.pack(number))
+                message = None
+                continue
+            pipe.send(protocol.STARTED, protocol.COUNT.pack(number))
+        message, announced = None, False
+        if kind == protocol.CALL:
             pipe.send(*_run(payload))
+        elif kind == protocol.QUEUED:
+            outcome = _run(payload[protocol.COUNT.size :])
+            # The parent has more calls than workers: the next may be waiting already.
+            message, announced = _send_outcome_announcing_the_next(pipe, outcome, drops)
+        elif kind == protocol.STREAM:
+            _stream(pipe, payload)
         elif kind == protocol.OPEN:
             _open(pipe, payload)
-        # Otherwise a message for a stream or a channel that had already ended as it was sent.
+        # Otherwise a message for a stream or a channel that had already ended as it was sent,
+        # or a DROP that came after its call had started.
+
+
+def _dropped(pipe: Pipe, number: int, drops: set[int]) -> bool:
+    """Whether the parent dropped the QUEUED call ``number``, which is about to start; the
+    drops of earlier calls are forgotten."""
+    drops.update(protocol.COUNT.unpack(payload)[0] for payload in pipe.take(protocol.DROP))
+    dropped = number in drops
+    if drops:
+        drops.intersection_update([later for later in drops if later > number])
+    return dropped
+
+
+def _send_outcome_announcing_the_next(
+    pipe: Pipe, outcome: tuple[int, protocol.Payload], drops: set[int]
+) -> tuple[Frame | None, bool]:
+    """Send a call's outcome, and if a QUEUED call has arrived already, whether it starts
+    (STARTED) or was dropped (SKIPPED) in the same write: the parent hears of both at once.
+    Returns the next message if it has arrived, and whether it was announced."""
+    following = pipe.ready()
+    if following is None or following[0] != protocol.QUEUED:
+        pipe.send(*outcome)
+        return following, False
+    number = protocol.COUNT.unpack_from(following[1])[0]
+    if _dropped(pipe, number, drops):
+        pipe.send(*outcome, then=(protocol.SKIPPED, protocol.COUNT.pack(number)))
+        return None, False
+    pipe.send(*outcome, then=(protocol.STARTED, protocol.COUNT.pack(number)))
+    return following, True
 
 
 def _run(payload: protocol.Payload | bytearray) -> tuple[int, protocol.Payload]:
