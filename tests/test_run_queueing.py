@@ -81,10 +81,7 @@ async def test_a_call_sent_behind_a_short_one_runs_next_on_the_same_worker(
     async with anypool.Pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         async with anyio.create_task_group() as group:
-            ahead = Caller()
-            group.start_soon(
-                ahead.run, pool, workers.write_pid_and_wait_for, tmp_path / "a", release
-            )
+            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", release)
             await read_pid(tmp_path / "a")
             behind = await start_behind(group, pool, workers.append_pid_and_return, log, "b")
             assert await stays_true(lambda: not log.exists(), 0.2)
@@ -104,10 +101,7 @@ async def test_a_call_cancelled_while_it_waits_behind_another_never_runs_and_spa
         pid = await pool.run(workers.current_pid)
         view = pool.with_options(kill_on_cancel=kill_on_cancel)
         async with anyio.create_task_group() as group:
-            ahead = Caller()
-            group.start_soon(
-                ahead.run, pool, workers.write_pid_and_wait_for, tmp_path / "a", release
-            )
+            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", release)
             await read_pid(tmp_path / "a")
             behind = await start_behind(group, view, workers.append_pid_and_return, log, "b")
             behind.scope.cancel()
@@ -217,10 +211,7 @@ async def test_no_call_is_sent_behind_a_call_that_runs_long(
     async with anypool.Pool(1) as pool:
         await pool.run(workers.sleep_then_return, 0.05, None)  # the worker's calls run long
         async with anyio.create_task_group() as group:
-            ahead = Caller()
-            group.start_soon(
-                ahead.run, pool, workers.write_pid_and_wait_for, tmp_path / "a", release
-            )
+            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", release)
             await read_pid(tmp_path / "a")
             behind = start(group, pool, workers.current_pid)
             assert await stays_true(lambda: not pool._core.queued, 0.2)

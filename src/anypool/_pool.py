@@ -522,18 +522,7 @@ class _PoolCore:
         """Run a call on a worker of its own."""
         self.calls_running += 1
         self.running(worker)
-        try:
-            await worker.channel.send(protocol.CALL, payload)
-        except ChannelClosed:
-            self.calls_running -= 1
-            raise await self.worker_lost(worker, fn) from None
-        except BaseException:
-            # A frame cut short by the cancellation leaves the pipe unusable: kill the worker.
-            self.calls_running -= 1
-            self.calls_cancelled += 1
-            await self.stop_busy(worker, terminate=True)
-            raise
-        return await self.outcome(worker, fn, options)
+        return await self.outcome(worker, fn, options, send=payload)
 
     async def call_queued(
         self,
@@ -642,10 +631,19 @@ class _PoolCore:
         spawn_detached(resolve)
 
     async def outcome(
-        self, worker: WorkerHandle, fn: Callable[..., Any], options: CallOptions
+        self,
+        worker: WorkerHandle,
+        fn: Callable[..., Any],
+        options: CallOptions,
+        send: Payload | None = None,
     ) -> Any:
-        """The outcome of the call the worker runs: its result, or its error raised."""
+        """The outcome of the call the worker runs (sent first, if ``send`` is given): its
+        result, or its error raised."""
+        sent = send is None
         try:
+            if send is not None:
+                await worker.channel.send(protocol.CALL, send)
+                sent = True
             kind, body = await worker.receive()
         except ChannelClosed:
             self.calls_running -= 1
@@ -654,9 +652,10 @@ class _PoolCore:
             # Cancelled (or interrupted) while the worker runs the call.
             self.calls_running -= 1
             self.calls_cancelled += 1
-            if not options.kill_on_cancel and not self.terminated:
+            if sent and not options.kill_on_cancel and not self.terminated:
                 self.drain_in_background(worker)
             else:
+                # A frame cut short by the cancellation leaves the pipe unusable: kill anyway.
                 await self.stop_cancelled(worker)
             raise
         self.calls_running -= 1
