@@ -54,8 +54,9 @@ async def checkpoint_if_cancelled() -> None:
 
 
 class Wakeup:
-    """A one-shot event that one task waits for: an ``anyio.Event`` at a third of the cost,
-    for the wait of every call that finds all workers busy."""
+    """A one-shot event that one task waits for: a loop future, or a ``trio.Event``. It is
+    what every call that finds all workers busy waits on, so it skips the backend lookup and
+    checks of ``anyio.Event``."""
 
     __slots__ = ("_future", "_trio_event", "is_set")
 
