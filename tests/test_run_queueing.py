@@ -218,3 +218,34 @@ async def test_no_call_is_sent_behind_a_call_that_runs_long(
             release.touch()
         assert isinstance(ahead.outcome, int)
         assert ahead.outcome == behind.outcome
+
+
+@pytest.mark.parametrize("cancelled", [False, True], ids=["runs", "cancelled"])
+async def test_a_call_that_waited_for_a_place_is_sent_ahead_when_the_worker_moves_on(
+    tmp_path: Path, cancelled: bool
+) -> None:
+    # Three calls on one worker: the second waits in its pipe, the third waits in the parent
+    # for that place, and is sent as soon as the second starts, without waking its task.
+    first, second, log = tmp_path / "first", tmp_path / "second", tmp_path / "log"
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        async with anyio.create_task_group() as group:
+            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", first)
+            await read_pid(tmp_path / "a")
+            middle = await start_behind(
+                group, pool, workers.write_pid_and_wait_for, tmp_path / "b", second
+            )
+            last = start(group, pool, workers.append_pid_and_return, log, "c")
+            assert await wait_until_async(lambda: len(pool._core.waiters) == 1)
+            first.touch()
+            await read_pid(tmp_path / "b")
+            assert await wait_until_async(lambda: pool._core.queued and not pool._core.waiters)
+            if cancelled:
+                last.scope.cancel()
+                await last.done.wait()
+            second.touch()
+        assert (ahead.outcome, middle.outcome) == (pid, pid)
+        assert last.outcome == ("cancelled" if cancelled else "c")
+        assert runs(log) == ([] if cancelled else [pid])
+        assert await pool.run(workers.current_pid) == pid
+        assert pool.stats().workers_replaced == 0

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from ._eventloop import spawn_detached
 from ._protocol import (
     FrameReader,
     Payload,
@@ -129,6 +130,39 @@ class MessageChannel:
         finally:
             # Sent with the first byte (the worker holds them now), or not sent at all.
             close_all(fds)
+
+    def send_nowait(self, kind: int, payload: bytes) -> bool:
+        """Send one frame without waiting, if the pipe takes its first byte now; ``False``
+        if it took nothing (the frame was not sent). The rest of a frame begun, a task of its
+        own writes in full before any later frame. If the worker's end is gone, the frame is
+        lost, as the reader of the pipe finds out."""
+        if self._sending is not None or self.cut_short:
+            return False
+        parts, total, _ = encode_frame(kind, payload)
+        try:
+            sent = self._write(parts, 0, [])
+        except ChannelClosed:
+            return True
+        if sent == 0 or sent == total:
+            return sent == total
+        self._sending = sending = anyio.Event()
+
+        async def write_the_rest() -> None:
+            written = sent
+            try:
+                with anyio.CancelScope(shield=True):
+                    while written < total:
+                        await anyio.wait_writable(self._fd)
+                        written += self._write(parts, written, [])
+            except BaseException:
+                # The pipe closed, or the event loop is ending: nothing can follow this frame.
+                self.cut_short = True
+            finally:
+                self._sending = None
+                sending.set()
+
+        spawn_detached(write_the_rest)
+        return True
 
     def _write(self, parts: list[bytes], sent: int, fds: list[int]) -> int:
         if self._fd < 0:

@@ -96,15 +96,18 @@ class CallOptions:
 class _Waiter:
     """A call waiting for a worker, in order of arrival."""
 
-    __slots__ = ("event", "may_queue", "may_start", "slot", "worker")
+    __slots__ = ("event", "kill_on_cancel", "may_start", "payload", "slot", "worker")
 
-    def __init__(self, may_queue: bool) -> None:
+    def __init__(self, payload: bytes | None, kill_on_cancel: bool) -> None:
         self.event = Wakeup()
         self.worker: WorkerHandle | None = None
         self.may_start = False
-        self.may_queue = may_queue
+        self.payload = payload
+        """The pickled call, if it may be sent to a busy worker."""
+        self.kill_on_cancel = kill_on_cancel
         self.slot: _Slot | None = None
-        """Set with ``worker`` when the call is to be sent behind the call that worker runs."""
+        """Set with ``worker`` when the call is to be sent behind the call that worker runs;
+        if it was sent already, ``event`` is the slot's turn."""
 
 
 class _Slot:
@@ -112,11 +115,11 @@ class _Slot:
 
     __slots__ = ("dropped", "fate", "kill_on_cancel", "number", "sent", "turn")
 
-    def __init__(self) -> None:
+    def __init__(self, turn: Wakeup | None = None) -> None:
         self.number = 0
         """Its number among the QUEUED calls of its worker, once sent."""
         self.sent = False
-        self.turn = Wakeup()
+        self.turn = turn or Wakeup()
         """Set once the call ahead is over: the worker's next word is about this call (or
         ``fate`` says why there will be none)."""
         self.fate: Literal["retry", "lost"] | None = None
@@ -193,12 +196,15 @@ class _PoolCore:
 
     async def acquire(self) -> WorkerHandle:
         """A worker for one call: an idle one, a new one, or the first one freed, in FIFO order."""
-        worker, _ = await self.acquire_place(may_queue=False)
+        worker, _ = await self.acquire_place(None, True)
         return worker
 
-    async def acquire_place(self, may_queue: bool) -> tuple[WorkerHandle, _Slot | None]:
-        """A worker for one call, as :meth:`acquire`; or, if ``may_queue`` and every worker
-        is busy, a busy one and the place behind the call it runs (the slot)."""
+    async def acquire_place(
+        self, payload: bytes | None, kill_on_cancel: bool
+    ) -> tuple[WorkerHandle, _Slot | None]:
+        """A worker for one call, as :meth:`acquire`; or, if the call's ``payload`` is given
+        and every worker is busy, a busy one and the place behind the call it runs (the
+        slot). A call that waited for such a place may come back sent already, at its turn."""
         if self.terminated:
             # (A map's later chunks get here as the pool is terminated.)
             raise PoolClosedError("the pool was terminated")
@@ -209,9 +215,9 @@ class _PoolCore:
             if self.has_capacity():
                 self.starting += 1
                 return await self.start_worker(), None
-            if may_queue and (worker := self.queueable_worker()) is not None:
+            if payload is not None and (worker := self.queueable_worker()) is not None:
                 return worker, self.reserve_slot(worker)
-        waiter = _Waiter(may_queue)
+        waiter = _Waiter(payload, kill_on_cancel)
         self.waiters.append(waiter)
         try:
             await waiter.event.wait()
@@ -222,6 +228,11 @@ class _PoolCore:
                     self.dispatch()
                 else:
                     self.waiters.remove(waiter)
+            elif waiter.slot is not None and waiter.slot.sent:
+                # Sent ahead, and cancelled before its turn (or as it came).
+                self.calls_running -= 1
+                self.calls_cancelled += 1
+                await self.drop(waiter.worker, waiter.slot)
             elif waiter.slot is not None:
                 self.withdraw(waiter.worker, waiter.slot)
             else:
@@ -248,14 +259,23 @@ class _PoolCore:
             else:
                 waiter.worker = worker
             waiter.event.set()
-        while self.waiters and self.waiters[0].may_queue:
+        while self.waiters and (payload := self.waiters[0].payload) is not None:
             worker = self.queueable_worker()
             if worker is None:
                 return
             waiter = self.waiters.popleft()
             waiter.worker = worker
-            waiter.slot = self.reserve_slot(worker)
-            waiter.event.set()
+            # Sent now, the call sleeps on until its turn: a task step fewer than waking it
+            # to send. (Should the pipe take nothing now, it is woken to send.)
+            waiter.slot = slot = self.reserve_slot(worker, turn=waiter.event)
+            slot.kill_on_cancel = waiter.kill_on_cancel
+            frame = self.number_queued(worker, slot) + payload
+            if worker.channel.send_nowait(protocol.QUEUED, frame):
+                slot.sent = True
+                self.calls_running += 1
+            else:
+                slot.turn = Wakeup()
+                waiter.event.set()
 
     def queueable_worker(self) -> WorkerHandle | None:
         """A busy worker running a short call, that may be sent the next call behind it."""
@@ -268,9 +288,16 @@ class _PoolCore:
             self.queueable.clear()
         return None
 
-    def reserve_slot(self, worker: WorkerHandle) -> _Slot:
-        slot = self.queued[worker] = _Slot()
+    def reserve_slot(self, worker: WorkerHandle, turn: Wakeup | None = None) -> _Slot:
+        slot = self.queued[worker] = _Slot(turn)
         return slot
+
+    @staticmethod
+    def number_queued(worker: WorkerHandle, slot: _Slot) -> bytes:
+        """Number the slot's call among the QUEUED calls of its worker; the number's bytes."""
+        worker.queued_calls += 1
+        slot.number = worker.queued_calls
+        return protocol.COUNT.pack(slot.number)
 
     def running(self, worker: WorkerHandle) -> None:
         """A call starts on the worker: it may be sent the next one behind it if it is short."""
@@ -442,7 +469,7 @@ class _PoolCore:
             small = (
                 payload if type(payload) is bytes and len(payload) <= _QUEUED_MAX_BYTES else None
             )
-            worker, slot = await self.acquire_place(may_queue=small is not None)
+            worker, slot = await self.acquire_place(small, options.kill_on_cancel)
             while True:
                 try:
                     if slot is None:
@@ -453,7 +480,7 @@ class _PoolCore:
                     if slot is None:
                         worker = await self.replace_retired(worker)
                     else:
-                        worker, slot = await self.acquire_place(may_queue=True)
+                        worker, slot = await self.acquire_place(small, options.kill_on_cancel)
         finally:
             self.call_finished()
 
@@ -521,7 +548,6 @@ class _PoolCore:
     ) -> Any:
         """Run a call on a worker of its own."""
         self.calls_running += 1
-        self.running(worker)
         return await self.outcome(worker, fn, options, send=payload)
 
     async def call_queued(
@@ -537,26 +563,25 @@ class _PoolCore:
         Raises:
             _Retry: the worker is gone and never started the call.
         """
-        slot.kill_on_cancel = options.kill_on_cancel
-        worker.queued_calls += 1
-        slot.number = worker.queued_calls
-        try:
-            # Whole: cut short, the frame would break the pipe for the call ahead too.
-            await worker.channel.send(
-                protocol.QUEUED, protocol.COUNT.pack(slot.number) + payload, whole=True
-            )
-        except ChannelClosed:
-            # The worker is gone or going; whoever reads its pipe sees to it.
-            self.withdraw(worker, slot)
-            raise _Retry from None
-        except BaseException:
-            # Cancelled before a byte of it was sent.
-            self.withdraw(worker, slot)
-            raise
-        slot.sent = True
-        if slot.turn.is_set and slot.fate is None:
-            self.running(worker)  # (see finish)
-        self.calls_running += 1
+        if not slot.sent:
+            slot.kill_on_cancel = options.kill_on_cancel
+            try:
+                # Whole: cut short, the frame would break the pipe for the call ahead too.
+                await worker.channel.send(
+                    protocol.QUEUED, self.number_queued(worker, slot) + payload, whole=True
+                )
+            except ChannelClosed:
+                # The worker is gone or going; whoever reads its pipe sees to it.
+                self.withdraw(worker, slot)
+                raise _Retry from None
+            except BaseException:
+                # Cancelled before a byte of it was sent.
+                self.withdraw(worker, slot)
+                raise
+            slot.sent = True
+            if slot.turn.is_set and slot.fate is None:
+                self.running(worker)  # (see finish)
+            self.calls_running += 1
         try:
             await slot.turn.wait()
             if slot.fate is None:
@@ -644,6 +669,8 @@ class _PoolCore:
             if send is not None:
                 await worker.channel.send(protocol.CALL, send)
                 sent = True
+                # Only now may a call be sent behind it: the worker runs calls in pipe order.
+                self.running(worker)
             kind, body = await worker.receive()
         except ChannelClosed:
             self.calls_running -= 1
