@@ -7,6 +7,7 @@ so a message is seen the moment the worker writes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import socket
@@ -112,21 +113,9 @@ class MessageChannel:
         try:
             # Usually one syscall writes the whole frame and we never wait.
             sent = self._write(parts, 0, fds)
-            if sent == total:
-                return
-            self._sending = sending = anyio.Event()
-            try:
-                with anyio.CancelScope() as scope:
-                    while sent < total:
-                        scope.shield = whole and sent > 0
-                        await anyio.wait_writable(self._fd)
-                        sent += self._write(parts, sent, fds)
-            except BaseException:
-                self.cut_short = sent > 0
-                raise
-            finally:
-                self._sending = None
-                sending.set()
+            if sent < total:
+                self._sending = anyio.Event()
+                await self._write_rest(parts, sent, total, fds, whole=whole)
         finally:
             # Sent with the first byte (the worker holds them now), or not sent at all.
             close_all(fds)
@@ -145,24 +134,38 @@ class MessageChannel:
             return True
         if sent == 0 or sent == total:
             return sent == total
-        self._sending = sending = anyio.Event()
+        # Claimed now, before the task runs: a later frame waits for this one.
+        self._sending = anyio.Event()
 
         async def write_the_rest() -> None:
-            written = sent
-            try:
-                with anyio.CancelScope(shield=True):
-                    while written < total:
-                        await anyio.wait_writable(self._fd)
-                        written += self._write(parts, written, [])
-            except BaseException:
-                # The pipe closed, or the event loop is ending: nothing can follow this frame.
-                self.cut_short = True
-            finally:
-                self._sending = None
-                sending.set()
+            # Nobody awaits this task. If the pipe closes or the event loop ends first, what
+            # follows cannot be sent (cut_short), and the reader of the pipe finds out.
+            with contextlib.suppress(BaseException):
+                await self._write_rest(parts, sent, total, [], whole=True)
 
         spawn_detached(write_the_rest)
         return True
+
+    async def _write_rest(
+        self, parts: list[bytes], sent: int, total: int, fds: list[int], *, whole: bool
+    ) -> None:
+        """Write the frame ``parts`` past ``sent``, once ``_sending`` is claimed for it
+        (released here); with ``whole``, shielded from cancellation once begun."""
+        sending = self._sending
+        assert sending is not None
+        try:
+            with anyio.CancelScope() as scope:
+                while sent < total:
+                    scope.shield = whole and sent > 0
+                    await anyio.wait_writable(self._fd)
+                    sent += self._write(parts, sent, fds)
+        except BaseException:
+            # What follows could not be read as frames any more.
+            self.cut_short = sent > 0
+            raise
+        finally:
+            self._sending = None
+            sending.set()
 
     def _write(self, parts: list[bytes], sent: int, fds: list[int]) -> int:
         if self._fd < 0:

@@ -16,7 +16,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar, overload
@@ -420,17 +420,17 @@ class _PoolCore:
     ) -> int | None:
         """Stop and reap a busy worker (see :meth:`WorkerHandle.stop`), then forget it and pass
         its place on. Returns its exit code."""
-        self.queueable.pop(worker, None)
-        slot = self.queued.pop(worker, None)
+        slot = self.take_place(worker)
         # Terminated with a call queued behind: what it left in its pipe says whether it
         # started that call.
         keep_pipe = slot is not None and terminate
         try:
             return await worker.stop(self.kill_grace, terminate=terminate, keep_pipe=keep_pipe)
         finally:
-            if slot is not None and not slot.dropped:
-                slot.fate = "lost" if self.started_queued_call(worker, slot) else "retry"
-                slot.turn.set()
+            if slot is not None:
+                started = (protocol.STARTED, protocol.COUNT.pack(slot.number))
+                lost = not slot.dropped and started in self.leftover_frames(worker)
+                self.tell(slot, "lost" if lost else "retry")
             if keep_pipe:
                 worker.close_pipe()
             self.busy.discard(worker)
@@ -438,18 +438,27 @@ class _PoolCore:
                 self.workers_replaced += 1
             self.dispatch()
 
+    def take_place(self, worker: WorkerHandle) -> _Slot | None:
+        """The worker will take no call behind its own: forget that it could, and return the
+        call queued behind it, if any, for the caller to :meth:`tell` what became of it."""
+        self.queueable.pop(worker, None)
+        return self.queued.pop(worker, None)
+
     @staticmethod
-    def started_queued_call(worker: WorkerHandle, slot: _Slot) -> bool:
-        """Whether what is left in the pipe of a worker that exited says it started the call
-        of ``slot``, queued behind the one it ran."""
-        started = (protocol.STARTED, protocol.COUNT.pack(slot.number))
+    def tell(slot: _Slot, fate: Literal["retry", "lost"]) -> None:
+        """Tell the call queued behind a worker's call why that worker will not run it."""
+        if not slot.dropped:  # a dropped call's caller is gone
+            slot.fate = fate
+            slot.turn.set()
+
+    @staticmethod
+    def leftover_frames(worker: WorkerHandle) -> Iterator[tuple[int, Any]]:
+        """The frames already in a worker's pipe, read without waiting, up to its end."""
         try:
             while (frame := worker.channel.receive_nowait()) is not None:
-                if frame == started:
-                    return True
+                yield frame
         except ChannelClosed:
             pass
-        return False
 
     def let_go(self, worker: WorkerHandle) -> None:
         """Close a worker's pipe so that it exits; it is reaped later."""
@@ -497,11 +506,8 @@ class _PoolCore:
     def let_go_retired(self, worker: WorkerHandle) -> None:
         """Forget a busy worker that said RETIRING: it reads nothing more and exits."""
         self.busy.discard(worker)
-        self.queueable.pop(worker, None)
-        slot = self.queued.pop(worker, None)
-        if slot is not None and not slot.dropped:
-            slot.fate = "retry"
-            slot.turn.set()
+        if (slot := self.take_place(worker)) is not None:
+            self.tell(slot, "retry")  # it read nothing more
         self.let_go(worker)
 
     async def open_session(self, kind: int, payload: Payload) -> WorkerHandle:
@@ -722,17 +728,13 @@ class _PoolCore:
             worker.resume()
         await self.stop_busy(worker, terminate=True)
 
-    @staticmethod
-    def outcome_arrived(worker: WorkerHandle) -> bool:
+    def outcome_arrived(self, worker: WorkerHandle) -> bool:
         """Whether the outcome of the worker's call has arrived, unread; it is read if so."""
-        try:
-            while (frame := worker.channel.receive_nowait()) is not None:
-                if frame[0] == protocol.RESULT or frame[0] == protocol.ERROR:
-                    return True
-                if frame[0] == protocol.QUEUE_PUT or frame[0] == protocol.QUEUE_GET:
-                    return False  # the call waits for the answer
-        except ChannelClosed:
-            pass
+        for kind, _ in self.leftover_frames(worker):
+            if kind == protocol.RESULT or kind == protocol.ERROR:
+                return True
+            if kind == protocol.QUEUE_PUT or kind == protocol.QUEUE_GET:
+                return False  # the call waits for the answer
         return False
 
     async def worker_lost(self, worker: WorkerHandle, fn: Callable[..., Any]) -> Exception:
