@@ -4,6 +4,7 @@ the pool serves the next call."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import signal
@@ -21,6 +22,9 @@ from support import gone, pool_processes, read_pid, run_script, stays_true, writ
 pytestmark = pytest.mark.anyio
 
 WORKERS_FILE = os.path.basename(workers.__file__)
+# Enough worker deaths to catch a race on the exit status (without the fix, most runs lose one).
+DEATHS_UNDER_POLLING = 10
+POLL_INTERVAL = 0.0001
 
 
 # --- the function's exception ---------------------------------------------------------------
@@ -351,6 +355,36 @@ async def test_broken_worker_error_reports_the_exit_code_under_every_start_metho
         assert (info.value.pid, info.value.exitcode) == (pid, 7)
         assert gone(pid)
         assert await pool.run(workers.square, 5) == 25
+
+
+# (spawn reads exit statuses as fork does, and its workers are slow to start.)
+@pytest.mark.parametrize("start_method", ["forkserver", "fork"])
+async def test_exit_codes_survive_a_thread_polling_multiprocessing_children(
+    start_method: str,
+) -> None:
+    # multiprocessing reads a child's exit status when anyone polls it, from any thread: a
+    # thread that starts a process (Process.start() polls them all) or calls active_children().
+    # The pool's workers are its own, so such a thread neither lists them nor takes their status.
+    stop = threading.Event()
+
+    def poll_children() -> None:
+        while not stop.wait(POLL_INTERVAL):
+            multiprocessing.active_children()
+
+    poller = threading.Thread(target=poll_children)
+    poller.start()
+    try:
+        async with anypool.Pool(2, start_method=start_method) as pool:
+            for _ in range(DEATHS_UNDER_POLLING):
+                with pytest.raises(anypool.BrokenWorkerError) as info:
+                    await pool.run(workers.exit_immediately, 7)
+                assert info.value.exitcode == 7
+                assert not set(pool_processes()) & {
+                    child.pid for child in multiprocessing.active_children()
+                }
+    finally:
+        stop.set()
+        poller.join()
 
 
 UNGUARDED_SCRIPT = """

@@ -857,8 +857,8 @@ _live_pools: weakref.WeakSet[_PoolCore] = weakref.WeakSet()
 
 @atexit.register
 def _stop_workers_at_exit() -> None:
-    # Registered after multiprocessing's own exit handler, so it runs first: that one would wait
-    # forever for workers that are still alive.
+    # multiprocessing's own exit handler does not know of the workers (see _worker._starting):
+    # stop those of pools still open, and reap them.
     for core in list(_live_pools):
         core.shutdown_now()
 

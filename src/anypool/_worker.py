@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
+import threading
 import time
 import weakref
 from multiprocessing.context import BaseContext
@@ -29,6 +31,16 @@ _parent_ends: weakref.WeakSet[MessageChannel] = weakref.WeakSet()
 CAN_PAUSE = os.path.exists(f"/proc/{os.getpid()}/stat")
 """Whether :meth:`WorkerHandle.pause` can tell when a process has stopped (it reads /proc)."""
 _PAUSE_TIMEOUT = 0.1
+
+# multiprocessing reads a child's exit status whenever anyone polls it, from any thread, and
+# keeps it; two threads polling at once leave one of them without it (under forkserver it then
+# reports exit code 255; under fork, join() returns with the process not reaped). Every
+# Process.start() polls all the children multiprocessing knows of, and forkserver workers start
+# in a helper thread, while the event loop's thread reaps them. So the pool's workers are its
+# own: once started they are taken out of multiprocessing's list (which also keeps them out of
+# active_children(), and out of reach of the application's threads), and starts go one at a
+# time, so that no start of the pool's polls a worker before it is taken out.
+_starting = threading.Lock()
 
 
 def _forget_parent_ends_after_fork() -> None:
@@ -92,8 +104,15 @@ class WorkerHandle:
             # Not daemonic, so a worker may start processes of its own; the pool reaps it.
             daemon=False,
         )
+        if context.get_start_method() == "forkserver":
+            # Booting the forkserver takes long the first time: not under the lock, which the
+            # event loop's thread may wait for to start a worker of another kind.
+            multiprocessing.forkserver.ensure_running()
         try:
-            process.start()
+            with _starting:
+                process.start()
+                # Looked up each time: a process started by multiprocessing gets a new list.
+                multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
         except BaseException:
             _parent_ends.discard(channel)
             channel.close()
