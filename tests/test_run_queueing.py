@@ -249,3 +249,57 @@ async def test_a_call_that_waited_for_a_place_is_sent_ahead_when_the_worker_move
         assert runs(log) == ([] if cancelled else [pid])
         assert await pool.run(workers.current_pid) == pid
         assert pool.stats().workers_replaced == 0
+
+
+# Once the call ahead is over, the call behind it is the worker's; on asyncio its task sleeps on
+# until the worker has more to say than that it started the call (one wake-up, not two).
+
+
+@pytest.mark.parametrize("kill_on_cancel", [True, False], ids=["kill", "no-kill"])
+async def test_a_call_sent_ahead_cancelled_while_it_runs_is_stopped_as_any_call(
+    tmp_path: Path, kill_on_cancel: bool
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        view = pool.with_options(kill_on_cancel=kill_on_cancel)
+        async with anyio.create_task_group() as group:
+            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", first)
+            await read_pid(tmp_path / "a")
+            behind = await start_behind(
+                group, view, workers.write_pid_and_wait_for, tmp_path / "b", second
+            )
+            first.touch()
+            assert await read_pid(tmp_path / "b") == pid
+            await ahead.done.wait()
+            await anyio.sleep(0.05)  # for the call behind to be told its turn came
+            behind.scope.cancel()
+            await behind.done.wait()
+            if kill_on_cancel:
+                assert gone(pid)
+            second.touch()
+        assert (ahead.outcome, behind.outcome) == (pid, "cancelled")
+        same_worker = await pool.run(workers.current_pid) == pid
+        assert same_worker is not kill_on_cancel
+        stats = pool.stats()
+        assert (stats.workers_replaced, stats.calls_cancelled) == (int(kill_on_cancel), 1)
+
+
+async def test_a_call_sent_ahead_whose_worker_dies_as_it_runs_raises_broken_worker_error(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        async with anyio.create_task_group() as group:
+            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", first)
+            await read_pid(tmp_path / "a")
+            behind = await start_behind(group, pool, workers.wait_for_then_exit, second, 5)
+            first.touch()
+            await ahead.done.wait()
+            await anyio.sleep(0.05)  # for the call behind to be told its turn came
+            second.touch()
+        assert ahead.outcome == pid
+        assert isinstance(behind.outcome, anypool.BrokenWorkerError)
+        assert (behind.outcome.pid, behind.outcome.exitcode) == (pid, 5)
+        assert await pool.run(workers.current_pid) != pid

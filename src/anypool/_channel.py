@@ -11,11 +11,12 @@ import contextlib
 import os
 import select
 import socket
+import sys
 from typing import Any
 
 import anyio
 
-from ._eventloop import spawn_detached
+from ._eventloop import Wakeup, spawn_detached
 from ._protocol import (
     FrameReader,
     Payload,
@@ -48,6 +49,7 @@ class MessageChannel:
         "__weakref__",
         "_fd",
         "_poller",
+        "_read_first",
         "_reader",
         "_sending",
         "_socket",
@@ -70,6 +72,8 @@ class MessageChannel:
         self._watched_by: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._watch_may_end = False
+        # Whether to read what arrived before waking the waiter (see set_when_more_arrives).
+        self._read_first = False
         # Set while a frame waits to be written in full: other frames wait for it.
         self._sending: anyio.Event | None = None
         self.cut_short = False
@@ -190,13 +194,40 @@ class MessageChannel:
             # empty read costs a syscall and an exception.
             loop = asyncio._get_running_loop()
             if loop is None:
-                await anyio.wait_readable(self._fd)
+                # trio's own: anyio's looks the backend up first, on every message.
+                await sys.modules["trio"].lowlevel.wait_readable(self._fd)
             else:
                 await self._wait_readable_on(loop)
             self._read()
         return frame
 
+    def set_when_more_arrives(self, wakeup: Wakeup, kind: int) -> None:
+        """Set ``wakeup``, for a task that will read a frame of ``kind`` and then wait for the
+        next frame. If nothing but that frame has arrived, on asyncio the task is woken only
+        once more arrives, and what arrived is read for it: it wakes once, not twice."""
+        loop = asyncio._get_running_loop()
+        if (
+            loop is None
+            or self._fd < 0
+            or self._waiter is not None
+            or not self._reader.holds_at_most(kind)
+        ):
+            wakeup.set()
+            return
+        self._watch(loop)
+        self._waiter = wakeup.set_asleep()
+        self._read_first = True
+
     async def _wait_readable_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watch(loop)
+        self._waiter = waiter = loop.create_future()
+        self._read_first = False
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         # anyio.wait_readable registers the descriptor with the loop and removes it again on every
         # wait: two epoll_ctl calls and several objects per message. Instead the descriptor stays
         # registered while messages flow, and the reader callback just wakes the waiting task.
@@ -208,14 +239,15 @@ class MessageChannel:
             # last callback, then none, though the frames read on that callback may not include
             # the end-of-file. The standard library's loops keep watching; other loops might not.
             self._watch_may_end = not isinstance(loop, asyncio.SelectorEventLoop)
-        self._waiter = waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
 
     def _on_readable(self) -> None:
         waiter = self._waiter
+        if waiter is not None and self._read_first:
+            # The task left asleep by set_when_more_arrives, who may be gone (cancelled).
+            self._waiter, self._read_first = None, False
+            # An end-of-file or a reset is met again by the task's own read.
+            with contextlib.suppress(ChannelClosed):
+                self._read()
         if waiter is not None:
             if not waiter.done():
                 waiter.set_result(None)

@@ -70,18 +70,27 @@ class Wakeup:
             self._trio_event = sys.modules["trio"].Event()
 
     def set(self) -> None:
-        """Wake the waiting task, if any; idempotent."""
-        if not self.is_set:
-            self.is_set = True
-            if self._future is None:
-                self._trio_event.set()
-            elif not self._future.done():
-                self._future.set_result(None)
+        """Wake the waiting task, if any (one left asleep by :meth:`set_asleep` too);
+        idempotent."""
+        self.is_set = True
+        if self._future is None:
+            self._trio_event.set()
+        elif not self._future.done():
+            self._future.set_result(None)
+
+    def set_asleep(self) -> asyncio.Future[None]:
+        """On asyncio: mark the event set, but leave its task asleep until the returned future
+        is resolved (or :meth:`set` is called)."""
+        assert self._future is not None
+        self.is_set = True
+        return self._future
 
     async def wait(self) -> None:
         """Wait until :meth:`set` is called; return at once if it already was."""
         if self._future is None:
-            await self._trio_event.wait()
+            # trio's Event.wait() yields to the scheduler even when the event is set.
+            if not self.is_set:
+                await self._trio_event.wait()
         else:
             await self._future
 

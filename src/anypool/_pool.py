@@ -388,9 +388,12 @@ class _PoolCore:
             # The slot's call reads the worker's pipe from now on. It may not have started
             # yet, but it is the worker's next call: once it is sent, so may the one after it
             # be (not before: the worker runs calls in the order they reach it).
-            slot.turn.set()
             if slot.sent:
+                # Its task reads STARTED, then waits for the outcome: woken once that is here.
+                worker.channel.set_when_more_arrives(slot.turn, protocol.STARTED)
                 self.running(worker)
+            else:
+                slot.turn.set()  # to send its call
 
     def withdraw(self, worker: WorkerHandle, slot: _Slot) -> None:
         """Give up the place behind a busy worker's call, before the call was sent there."""

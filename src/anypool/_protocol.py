@@ -405,6 +405,18 @@ class FrameReader:
             self._start = self._end = 0
         return None
 
+    def holds_at_most(self, kind: int) -> bool:
+        """Whether what has been read and not taken is nothing, or one whole frame of ``kind``."""
+        available = self._end - self._start
+        if self._large is not None or 0 < available < HEADER.size:
+            return False
+        if available == 0:
+            return True
+        frame_kind: int
+        size: int
+        frame_kind, size = HEADER.unpack_from(self._buffer, self._start)
+        return frame_kind == kind and available == HEADER.size + size
+
     @property
     def partial(self) -> bool:
         """Whether part of a frame has been read."""
