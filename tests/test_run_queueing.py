@@ -64,6 +64,16 @@ def start(group: anyio.abc.TaskGroup, pool: anypool.Pool, fn: Any, *args: object
     return caller
 
 
+async def start_ahead(
+    group: anyio.abc.TaskGroup, pool: anypool.Pool, tmp_path: Path, release: Path
+) -> Caller:
+    """Start a call that returns its worker's pid once ``release`` exists, and return once it
+    runs."""
+    caller = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "ahead", release)
+    await read_pid(tmp_path / "ahead")
+    return caller
+
+
 async def start_behind(
     group: anyio.abc.TaskGroup, pool: anypool.Pool, fn: Any, *args: object
 ) -> Caller:
@@ -81,8 +91,7 @@ async def test_a_call_sent_behind_a_short_one_runs_next_on_the_same_worker(
     async with anypool.Pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         async with anyio.create_task_group() as group:
-            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", release)
-            await read_pid(tmp_path / "a")
+            ahead = await start_ahead(group, pool, tmp_path, release)
             behind = await start_behind(group, pool, workers.append_pid_and_return, log, "b")
             assert await stays_true(lambda: not log.exists(), 0.2)
             release.touch()
@@ -101,8 +110,7 @@ async def test_a_call_cancelled_while_it_waits_behind_another_never_runs_and_spa
         pid = await pool.run(workers.current_pid)
         view = pool.with_options(kill_on_cancel=kill_on_cancel)
         async with anyio.create_task_group() as group:
-            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", release)
-            await read_pid(tmp_path / "a")
+            ahead = await start_ahead(group, pool, tmp_path, release)
             behind = await start_behind(group, view, workers.append_pid_and_return, log, "b")
             behind.scope.cancel()
             await behind.done.wait()
@@ -122,8 +130,7 @@ async def test_when_the_call_ahead_is_cancelled_the_call_behind_runs_on_another_
         pid = await pool.run(workers.current_pid)
         async with anyio.create_task_group() as group:
             never = tmp_path / "never"
-            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", never)
-            await read_pid(tmp_path / "a")
+            ahead = await start_ahead(group, pool, tmp_path, never)
             behind = await start_behind(group, pool, workers.append_pid_and_return, log, "b")
             ahead.scope.cancel()
         assert (ahead.outcome, behind.outcome) == ("cancelled", "b")
@@ -211,8 +218,7 @@ async def test_no_call_is_sent_behind_a_call_that_runs_long(
     async with anypool.Pool(1) as pool:
         await pool.run(workers.sleep_then_return, 0.05, None)  # the worker's calls run long
         async with anyio.create_task_group() as group:
-            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", release)
-            await read_pid(tmp_path / "a")
+            ahead = await start_ahead(group, pool, tmp_path, release)
             behind = start(group, pool, workers.current_pid)
             assert await stays_true(lambda: not pool._core.queued, 0.2)
             release.touch()
@@ -230,8 +236,7 @@ async def test_a_call_that_waited_for_a_place_is_sent_ahead_when_the_worker_move
     async with anypool.Pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         async with anyio.create_task_group() as group:
-            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", first)
-            await read_pid(tmp_path / "a")
+            ahead = await start_ahead(group, pool, tmp_path, first)
             middle = await start_behind(
                 group, pool, workers.write_pid_and_wait_for, tmp_path / "b", second
             )
@@ -264,8 +269,7 @@ async def test_a_call_sent_ahead_cancelled_while_it_runs_is_stopped_as_any_call(
         pid = await pool.run(workers.current_pid)
         view = pool.with_options(kill_on_cancel=kill_on_cancel)
         async with anyio.create_task_group() as group:
-            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", first)
-            await read_pid(tmp_path / "a")
+            ahead = await start_ahead(group, pool, tmp_path, first)
             behind = await start_behind(
                 group, view, workers.write_pid_and_wait_for, tmp_path / "b", second
             )
@@ -292,8 +296,7 @@ async def test_a_call_sent_ahead_whose_worker_dies_as_it_runs_raises_broken_work
     async with anypool.Pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         async with anyio.create_task_group() as group:
-            ahead = start(group, pool, workers.write_pid_and_wait_for, tmp_path / "a", first)
-            await read_pid(tmp_path / "a")
+            ahead = await start_ahead(group, pool, tmp_path, first)
             behind = await start_behind(group, pool, workers.wait_for_then_exit, second, 5)
             first.touch()
             await ahead.done.wait()
