@@ -289,6 +289,39 @@ async def test_a_call_sent_ahead_cancelled_while_it_runs_is_stopped_as_any_call(
         assert (stats.workers_replaced, stats.calls_cancelled) == (int(kill_on_cancel), 1)
 
 
+@pytest.mark.parametrize("kill_on_cancel", [True, False], ids=["kill", "no-kill"])
+async def test_a_call_the_pool_sent_ahead_cancelled_while_it_runs_is_stopped_as_any_call(
+    tmp_path: Path, kill_on_cancel: bool
+) -> None:
+    # As above, for a call that waited for its place and was sent by the pool (its task slept
+    # from before it was sent until it was cancelled).
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    async with anypool.Pool(1) as pool:
+        pid = await pool.run(workers.current_pid)
+        view = pool.with_options(kill_on_cancel=kill_on_cancel)
+        async with anyio.create_task_group() as group:
+            ahead = await start_ahead(group, pool, tmp_path, first)
+            middle = await start_behind(
+                group, pool, workers.write_pid_and_wait_for, tmp_path / "b", second
+            )
+            last = start(group, view, workers.write_pid_and_wait_for, tmp_path / "c", third)
+            assert await wait_until_async(lambda: len(pool._core.waiters) == 1)
+            first.touch()
+            await read_pid(tmp_path / "b")
+            second.touch()
+            assert await read_pid(tmp_path / "c") == pid
+            await middle.done.wait()
+            await anyio.sleep(0.05)  # for the last call to be told its turn came
+            last.scope.cancel()
+            await last.done.wait()
+            if kill_on_cancel:
+                assert gone(pid)
+            third.touch()
+        assert (ahead.outcome, middle.outcome, last.outcome) == (pid, pid, "cancelled")
+        same_worker = await pool.run(workers.current_pid) == pid
+        assert same_worker is not kill_on_cancel
+
+
 async def test_a_call_sent_ahead_whose_worker_dies_as_it_runs_raises_broken_worker_error(
     tmp_path: Path,
 ) -> None:

@@ -621,13 +621,25 @@ class _PoolCore:
         return await self.outcome(worker, fn, options)
 
     async def drop(self, worker: WorkerHandle, slot: _Slot) -> None:
-        """Withdraw a queued call cancelled before it was known to start: the worker skips
-        it, or if it had started it, it is stopped or run out in the background as any
-        cancelled call (see :meth:`resolve_dropped`)."""
+        """Withdraw a queued call that was cancelled. If the worker has said that it started
+        the call, it is stopped (or run out) as any cancelled call, before this returns.
+        Otherwise the worker skips it, or if it had started it, it is stopped or run out in the
+        background (see :meth:`resolve_dropped`)."""
         if slot.fate is not None:
             return  # the worker is gone, and whoever saw it go saw to the rest
-        # Otherwise whoever finishes the call ahead sees the drop and waits for the answer.
         reads_the_answer = slot.turn.is_set
+        if reads_the_answer:
+            # The call ahead is over, and the worker may have said already what it did next
+            # (on asyncio the call's task sleeps on through its whole run).
+            try:
+                frame = worker.channel.receive_nowait()
+            except ChannelClosed:
+                await self.stop_busy(worker, terminate=False)
+                return
+            if frame is not None:
+                await self.settle_dropped(worker, slot, frame)
+                return
+        # Otherwise whoever finishes the call ahead sees the drop and waits for the answer.
         slot.dropped = True
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(ChannelClosed):
@@ -642,18 +654,7 @@ class _PoolCore:
 
         async def resolve() -> None:
             try:
-                kind, _ = await worker.receive()
-                if kind == protocol.RETIRING:
-                    self.let_go_retired(worker)
-                    self.dispatch()
-                    return
-                if kind == protocol.STARTED:
-                    if slot.kill_on_cancel or self.terminated:
-                        await self.stop_cancelled(worker)
-                        return
-                    await worker.receive()  # its outcome, discarded
-                    worker.calls += 1
-                self.finish(worker)
+                await self.settle_dropped(worker, slot, await worker.receive())
             except ChannelClosed:
                 await self.stop_busy(worker, terminate=False)
             except BaseException:
@@ -663,6 +664,24 @@ class _PoolCore:
                 self.call_finished()
 
         spawn_detached(resolve)
+
+    async def settle_dropped(
+        self, worker: WorkerHandle, slot: _Slot, answer: tuple[int, bytes | bytearray]
+    ) -> None:
+        """Stop or reuse the worker of a queued call that was cancelled once the call ahead of
+        it was over, given the worker's first word after that call."""
+        kind = answer[0]
+        if kind == protocol.RETIRING:
+            self.let_go_retired(worker)
+            self.dispatch()
+        elif kind == protocol.SKIPPED:
+            self.finish(worker)
+        else:
+            assert answer == (protocol.STARTED, protocol.COUNT.pack(slot.number)), kind
+            if slot.kill_on_cancel or self.terminated:
+                await self.stop_cancelled(worker)
+            else:
+                self.drain_in_background(worker)
 
     async def outcome(
         self,
