@@ -260,6 +260,20 @@ async def test_a_call_that_waited_for_a_place_is_sent_ahead_when_the_worker_move
 # until the worker has more to say than that it started the call (one wake-up, not two).
 
 
+async def cancel_as_it_runs(
+    caller: Caller, pid: int, release: Path, *, kill_on_cancel: bool
+) -> None:
+    """Cancel a call sent ahead that runs on worker ``pid`` (the call ahead of it is over):
+    with ``kill_on_cancel`` the worker is gone by the time the cancellation returns. Then let
+    the call finish, in the worker kept otherwise."""
+    await anyio.sleep(0.05)  # for the call to be told its turn came
+    caller.scope.cancel()
+    await caller.done.wait()
+    if kill_on_cancel:
+        assert gone(pid)
+    release.touch()
+
+
 @pytest.mark.parametrize("kill_on_cancel", [True, False], ids=["kill", "no-kill"])
 async def test_a_call_sent_ahead_cancelled_while_it_runs_is_stopped_as_any_call(
     tmp_path: Path, kill_on_cancel: bool
@@ -276,12 +290,7 @@ async def test_a_call_sent_ahead_cancelled_while_it_runs_is_stopped_as_any_call(
             first.touch()
             assert await read_pid(tmp_path / "b") == pid
             await ahead.done.wait()
-            await anyio.sleep(0.05)  # for the call behind to be told its turn came
-            behind.scope.cancel()
-            await behind.done.wait()
-            if kill_on_cancel:
-                assert gone(pid)
-            second.touch()
+            await cancel_as_it_runs(behind, pid, second, kill_on_cancel=kill_on_cancel)
         assert (ahead.outcome, behind.outcome) == (pid, "cancelled")
         same_worker = await pool.run(workers.current_pid) == pid
         assert same_worker is not kill_on_cancel
@@ -311,12 +320,7 @@ async def test_a_call_the_pool_sent_ahead_cancelled_while_it_runs_is_stopped_as_
             second.touch()
             assert await read_pid(tmp_path / "c") == pid
             await middle.done.wait()
-            await anyio.sleep(0.05)  # for the last call to be told its turn came
-            last.scope.cancel()
-            await last.done.wait()
-            if kill_on_cancel:
-                assert gone(pid)
-            third.touch()
+            await cancel_as_it_runs(last, pid, third, kill_on_cancel=kill_on_cancel)
         assert (ahead.outcome, middle.outcome, last.outcome) == (pid, pid, "cancelled")
         same_worker = await pool.run(workers.current_pid) == pid
         assert same_worker is not kill_on_cancel
