@@ -95,7 +95,11 @@ class Contender:
 
 
 def import_peer(contender: Contender) -> None:
-    importlib.import_module(contender.module)
+    """Import what using ``contender`` takes, as a program's ``from module import name`` would
+    have done before it runs: a module's public names too, where it imports them lazily."""
+    module = importlib.import_module(contender.module)
+    for name in getattr(module, "__all__", ()):
+        getattr(module, name)
 
 
 async def wait_future(future: concurrent.futures.Future[Any]) -> Any:
