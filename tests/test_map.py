@@ -655,6 +655,87 @@ async def test_map_on_a_view_without_kill_on_cancel_lets_the_worker_finish_when_
         assert await pool.run(workers.current_pid) == pid
 
 
+# --- ranges ----------------------------------------------------------------------------------
+# A range goes to the workers in ranges, not item by item: the same results as for a list.
+
+RANGES = [
+    range(0),
+    range(1),
+    range(10),
+    range(3, 50, 4),
+    range(40, -9, -3),
+    range(2**70, 2**70 + 12),
+]
+
+
+@pytest.mark.parametrize("chunksize", [1, 4, "auto"])
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])
+async def test_a_range_gives_the_result_of_each_of_its_numbers(
+    chunksize: int | str, ordered: bool
+) -> None:
+    async with anypool.Pool(2) as pool:
+        for numbers in RANGES:
+            results = await collect(
+                pool.map(workers.square, numbers, chunksize=chunksize, ordered=ordered)
+            )
+            expected = [workers.square(number) for number in numbers]
+            if not ordered:
+                results, expected = sorted(results), sorted(expected)  # type: ignore[type-var]
+            assert results == expected, numbers
+
+
+async def test_a_range_longer_than_sys_maxsize_is_mapped_lazily() -> None:
+    # len() of such a range raises OverflowError: progress gets no total.
+    numbers = range(2**70)
+    calls: list[tuple[int, int | None]] = []
+    received: list[object] = []
+    async with (
+        anypool.Pool(2) as pool,
+        pool.map(
+            workers.square, numbers, chunksize=3, progress=lambda *counts: calls.append(counts)
+        ) as results,
+    ):
+        async for result in results:
+            received.append(result)
+            if len(received) == 7:
+                break
+    assert received == [number * number for number in range(7)]
+    # Counted a chunk at a time, as handed out.
+    assert calls[:2] == [(3, None), (6, None)]
+
+
+async def test_progress_gets_the_length_of_a_range() -> None:
+    calls: list[tuple[int, int | None]] = []
+    async with anypool.Pool(2) as pool:
+        results = pool.map(
+            workers.square, range(1, 4), progress=lambda done, total: calls.append((done, total))
+        )
+        assert await collect(results) == [1, 4, 9]
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+async def test_an_error_from_a_number_of_a_range_comes_after_the_results_before_it(
+    chunksize: int,
+) -> None:
+    received: list[object] = []
+    async with anypool.Pool(2) as pool:
+        results = pool.map(workers.square_unless_negative, range(3, -4, -1), chunksize=chunksize)
+        with pytest.raises(ValueError, match=r"^negative item -1$"):
+            await collect_into(received, results)
+        assert received == [9, 4, 1, 0]
+        placed = await collect(
+            pool.map(
+                workers.square_unless_negative,
+                range(3, -4, -1),
+                chunksize=chunksize,
+                return_exceptions=True,
+            )
+        )
+    assert placed[:4] == [9, 4, 1, 0]
+    assert [str(error) for error in placed[4:]] == [f"negative item {n}" for n in (-1, -2, -3)]
+
+
 # --- batches ---------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import contextlib
 import itertools
 import math
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
@@ -353,9 +353,12 @@ class _MapRun:
         iterable = self._iterable
         async_items: AsyncIterator[Any] | None = None
         sync_items: Iterator[Any] | None = None
+        # A range is taken in ranges (see below), anything else item by item.
+        numbers = iterable if type(iterable) is range else None
+        position = 0
         if isinstance(iterable, AsyncIterable):
             async_items = aiter(iterable)
-        else:
+        elif numbers is None:
             sync_items = iter(iterable)
         chunk: list[Any] = []
         exhausted = False
@@ -374,6 +377,18 @@ class _MapRun:
                 await self._room.wait()
                 continue
             wanted = full - len(chunk)
+            if numbers is not None:
+                # A range goes out in ranges: a chunk pickles in a few bytes, whatever its
+                # length, and the worker unpickles no items either.
+                part = numbers[position : position + wanted]
+                position += len(part)
+                self._taken += len(part)
+                # (Not len(): a range may be longer than sys.maxsize.)
+                exhausted = not numbers[position:]
+                if part:
+                    self._add_chunk(part)
+                    await checkpoint()
+                continue
             if sync_items is not None:
                 # Take the items in one C-level loop: per-item Python code limits throughput.
                 # (list.extend keeps the items taken before the input raised.)
@@ -399,7 +414,7 @@ class _MapRun:
         if chunk:
             self._add_chunk(chunk)
 
-    def _add_chunk(self, items: list[Any]) -> None:
+    def _add_chunk(self, items: Sequence[Any]) -> None:
         """Pickle a chunk's call and queue it for the lanes."""
         index = self._chunks_made
         self._chunks_made += 1
@@ -659,10 +674,11 @@ class _Progress:
         progress: bool | Callable[[int, int | None], object] | None,
         iterable: object,
     ) -> None:
-        try:
-            self._total: int | None = len(iterable)  # type: ignore[arg-type]
-        except TypeError:
-            self._total = None
+        self._total: int | None = None
+        if progress:
+            # (A range longer than sys.maxsize has no len(): shown without a total.)
+            with contextlib.suppress(TypeError, OverflowError):
+                self._total = len(iterable)  # type: ignore[arg-type]
         self._done = 0
         self._callback: Callable[[int, int | None], object] | None = None
         self._bar: Any = None

@@ -9,7 +9,7 @@ import signal
 import time
 import traceback
 import types
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -302,7 +302,7 @@ def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event_loop: st
 
 
 def apply_to_chunk(
-    fn: Any, items: list[Any], event_loop: str, stop_at_error: bool
+    fn: Any, items: Sequence[Any], event_loop: str, stop_at_error: bool
 ) -> tuple[list[Any], list[int], float]:
     """Call ``fn(item)`` for each item: the results, the positions among them of the items that
     raised (their result is a pickled ErrorReport), and the seconds it took (for sizing the next
