@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import gc
 import os
 import random
@@ -121,10 +122,23 @@ def _define_worker_functions() -> tuple[Callable[..., Any], ...]:
                 os._exit(EXIT_CODE)
             yield index
 
-    return compute, compute_async, generate, generate_async
+    def at_index(fn: Callable[[Any], Any], items: list[Any], index: int) -> Any:
+        return fn(items[index])
+
+    async def at_index_async(fn: Callable[[Any], Any], items: list[Any], index: int) -> Any:
+        return await fn(items[index])
+
+    return compute, compute_async, generate, generate_async, at_index, at_index_async
 
 
-compute, compute_async, generate, generate_async = _define_worker_functions()
+(
+    compute,
+    compute_async,
+    generate,
+    generate_async,
+    at_index,
+    at_index_async,
+) = _define_worker_functions()
 
 
 # --- scenarios -------------------------------------------------------------------------------
@@ -153,7 +167,7 @@ class Scenario:
     # map only
     ordered: bool = True
     chunksize: int | str = 1
-    input_kind: str = "list"  # "list", "generator" or "async"
+    input_kind: str = "list"  # "list", "generator", "async" or "range"
     return_exceptions: bool = False
     # stream only
     buffer: int | None = None
@@ -212,7 +226,7 @@ def draw_scenario(
     if kind == "map":
         scenario.ordered = rng.random() < 0.6
         scenario.chunksize = rng.choice([1, 3, "auto"])
-        scenario.input_kind = rng.choice(["list", "generator", "async"])
+        scenario.input_kind = rng.choice(["list", "generator", "async", "range"])
         scenario.return_exceptions = rng.random() < 0.4
     else:
         scenario.buffer = rng.choice([None, 1, 2, 3, 64])
@@ -266,13 +280,18 @@ def open_results(pool: anypool.Pool, scenario: Scenario) -> Any:
         steps = list(zip(scenario.sleeps, scenario.actions, strict=True))
         return view.stream(generate_async if asynchronous else generate, steps)
     items = list(zip(range(scenario.size), scenario.sleeps, scenario.actions, strict=True))
+    fn: Callable[..., Any] = compute_async if asynchronous else compute
     source: Any = items
     if scenario.input_kind == "generator":
         source = (item for item in items)
     elif scenario.input_kind == "async":
         source = asynchronously(items)
+    elif scenario.input_kind == "range":
+        # A range goes to the workers in ranges: each index looks its item up there.
+        source = range(scenario.size)
+        fn = functools.partial(at_index_async if asynchronous else at_index, fn, items)
     return view.map(
-        compute_async if asynchronous else compute,
+        fn,
         source,
         ordered=scenario.ordered,
         chunksize=scenario.chunksize,  # type: ignore[arg-type]
