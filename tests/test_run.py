@@ -5,12 +5,14 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+from typing import Any
 
 import anyio
 import pytest
 import sniffio
 
 import anypool
+import anypool._channel
 import workers
 from anypool import _protocol as protocol
 from support import (
@@ -86,6 +88,26 @@ async def test_sequential_calls_reuse_the_same_worker() -> None:
     async with anypool.Pool(2) as pool:
         pids = [await pool.run(workers.current_pid) for _ in range(5)]
     assert len(set(pids)) == 1
+
+
+async def test_each_call_reads_its_workers_pipe_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The standard library's loops run the reader callback of a select() that saw a result
+    # still unread after the task that then read it; that task has sent its next call and
+    # waits again by then, and the stale callback must not wake it for an empty read.
+    reads = 0
+    receive_into = anypool._channel.receive_into
+
+    def counted(*args: Any) -> int:
+        nonlocal reads
+        reads += 1
+        return receive_into(*args)
+
+    async with anypool.Pool(1) as pool:
+        await pool.run(workers.current_pid)
+        monkeypatch.setattr(anypool._channel, "receive_into", counted)
+        for _ in range(50):
+            await pool.run(workers.current_pid)
+        assert reads == 50
 
 
 async def test_most_recently_used_idle_worker_serves_the_next_call(tmp_path) -> None:

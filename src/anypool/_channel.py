@@ -53,6 +53,8 @@ class MessageChannel:
         "_reader",
         "_sending",
         "_socket",
+        "_stale_callbacks",
+        "_stale_possible",
         "_waiter",
         "_watch_may_end",
         "_watched_by",
@@ -72,6 +74,10 @@ class MessageChannel:
         self._watched_by: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._watch_may_end = False
+        # Whether the loop may call us once more for what a task has just read (see _watch),
+        # and whether a task has read since the loop last called us.
+        self._stale_callbacks = False
+        self._stale_possible = False
         # Whether to read what arrived before waking the waiter (see set_when_more_arrives).
         self._read_first = False
         # Set while a frame waits to be written in full: other frames wait for it.
@@ -198,7 +204,7 @@ class MessageChannel:
                 await sys.modules["trio"].lowlevel.wait_readable(self._fd)
             else:
                 await self._wait_readable_on(loop)
-            self._read()
+            self._read_in_task()
         return frame
 
     def set_when_more_arrives(self, wakeup: Wakeup, kind: int) -> None:
@@ -238,9 +244,20 @@ class MessageChannel:
             # uvloop stops watching a descriptor for good once poll reports an error on it: one
             # last callback, then none, though the frames read on that callback may not include
             # the end-of-file. The standard library's loops keep watching; other loops might not.
-            self._watch_may_end = not isinstance(loop, asyncio.SelectorEventLoop)
+            selector_loop = isinstance(loop, asyncio.SelectorEventLoop)
+            self._watch_may_end = not selector_loop
+            # The standard library's loops run the callbacks of a select() after the tasks woken
+            # before it: a task woken by our callback reads the frame, sends its next call and
+            # waits again, and only then does the loop call us for the select() that saw that
+            # frame still unread. That call must not wake the new wait for nothing.
+            self._stale_callbacks = selector_loop
 
     def _on_readable(self) -> None:
+        if self._stale_possible:
+            self._stale_possible = False
+            # Called for what a task has read since, unless more has arrived.
+            if not self._poller.poll(0):
+                return
         waiter = self._waiter
         if waiter is not None and self._read_first:
             # The task left asleep by set_when_more_arrives, who may be gone (cancelled).
@@ -279,7 +296,7 @@ class MessageChannel:
         frame = self._next_frame()
         # poll() first: it costs a third of a read that fails with EAGAIN.
         if frame is None and (self._fd < 0 or self._poller.poll(0)):
-            self._read()
+            self._read_in_task()
             frame = self._next_frame()
         return frame
 
@@ -288,6 +305,11 @@ class MessageChannel:
             return self._reader.next_frame()
         except OSError as error:  # its shared memory is missing or cannot be mapped
             raise ChannelClosed from error
+
+    def _read_in_task(self) -> None:
+        """Read what has arrived, from a task (not the loop's callback)."""
+        self._stale_possible = self._stale_callbacks and self._watched_by is not None
+        self._read()
 
     def _read(self) -> None:
         """Read what has arrived, if anything."""
