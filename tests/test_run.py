@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import anyio
+import psutil
 import pytest
 import sniffio
 
@@ -181,6 +182,19 @@ async def test_idle_timeout_does_not_retire_a_busy_worker() -> None:
         pid, value = await pool.run(lambda: (os.getpid(), workers.sleep_then_return(0.6, "done")))
         assert value == "done"
         assert not gone(pid)
+
+
+async def test_a_worker_sleeps_once_calls_stop_coming_back_to_back() -> None:
+    # While calls come back to back a worker polls for the next one a moment before it sleeps;
+    # once none comes, it must not go on using the CPU.
+    async with anypool.Pool(1) as pool:
+        for _ in range(50):
+            pid = await pool.run(workers.current_pid)
+        worker = psutil.Process(pid)
+        await anyio.sleep(0.1)
+        before = sum(worker.cpu_times()[:2])
+        await anyio.sleep(0.5)
+        assert sum(worker.cpu_times()[:2]) - before < 0.05
 
 
 async def test_initializer_runs_once_in_each_worker_before_its_first_call(tmp_path) -> None:

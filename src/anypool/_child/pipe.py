@@ -8,6 +8,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -19,6 +20,13 @@ Frame = tuple[int, Any]
 """A message's kind and payload (see ``FrameReader.next_frame``)."""
 
 _current: Pipe | None = None
+
+POLL_SECONDS = 200e-6
+"""How long a worker that serves calls back to back polls for the next one before it sleeps.
+Waking a sleeping process takes tens of microseconds on some machines (some 45 us on a cloud
+VM, measured), more than a parent takes to send its next call once it has a result: polling
+saves that much of every round trip. A wait longer than this turns polling off until a call
+comes within it again, so that a worker whose calls come seldom sleeps at once."""
 
 
 def current() -> Pipe:
@@ -59,6 +67,8 @@ class Pipe:
             seconds = int(idle_timeout)
             timeval = struct.pack("ll", seconds, int((idle_timeout - seconds) * 1e6))
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        # Whether the last wait for a call ended within POLL_SECONDS.
+        self._back_to_back = True
         _current = self
 
     def receive(self) -> Frame | None:
@@ -70,6 +80,22 @@ class Pipe:
         if self._backlog:
             return self._backlog.popleft()
         return self._read_frame()
+
+    def receive_call(self) -> Frame | None:
+        """As :meth:`receive`, waiting for the next call: polled for a moment first while
+        calls come back to back (see ``POLL_SECONDS``)."""
+        frame = self.take_frame()
+        if frame is not None:
+            return frame
+        started = time.perf_counter()
+        if self._back_to_back and not self._reader.partial:
+            deadline = started + POLL_SECONDS
+            while not self._poller.poll(0) and time.perf_counter() < deadline:
+                # Whatever else waits for this CPU (the parent, another worker) goes first.
+                os.sched_yield()
+        frame = self._read_frame()
+        self._back_to_back = time.perf_counter() - started < POLL_SECONDS
+        return frame
 
     def _read_frame(self) -> Frame | None:
         """The next message from the pipe itself (past the backlog), or ``None`` at end-of-file."""

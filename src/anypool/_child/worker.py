@@ -49,7 +49,7 @@ def _serve(pipe: Pipe, config: protocol.WorkerConfig) -> None:
     while True:
         if message is None:
             try:
-                message = pipe.receive()
+                message = pipe.receive_call()
             except TimeoutError:
                 # Tell the parent before leaving: a call it sends from now on was never started.
                 pipe.send(protocol.RETIRING, b"")
