@@ -51,12 +51,11 @@ class MessageChannel:
         "_poller",
         "_read_first",
         "_reader",
+        "_selector_loop",
         "_sending",
         "_socket",
-        "_stale_callbacks",
         "_stale_possible",
         "_waiter",
-        "_watch_may_end",
         "_watched_by",
         "cut_short",
     )
@@ -73,10 +72,9 @@ class MessageChannel:
         # asyncio only: the loop our descriptor is registered with, and the future to wake.
         self._watched_by: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._watch_may_end = False
-        # Whether the loop may call us once more for what a task has just read (see _watch),
-        # and whether a task has read since the loop last called us.
-        self._stale_callbacks = False
+        # Whether that loop is one of the standard library's (see _watch), and whether a task
+        # has read since it last called us.
+        self._selector_loop = False
         self._stale_possible = False
         # Whether to read what arrived before waking the waiter (see set_when_more_arrives).
         self._read_first = False
@@ -244,13 +242,11 @@ class MessageChannel:
             # uvloop stops watching a descriptor for good once poll reports an error on it: one
             # last callback, then none, though the frames read on that callback may not include
             # the end-of-file. The standard library's loops keep watching; other loops might not.
-            selector_loop = isinstance(loop, asyncio.SelectorEventLoop)
-            self._watch_may_end = not selector_loop
-            # The standard library's loops run the callbacks of a select() after the tasks woken
-            # before it: a task woken by our callback reads the frame, sends its next call and
-            # waits again, and only then does the loop call us for the select() that saw that
-            # frame still unread. That call must not wake the new wait for nothing.
-            self._stale_callbacks = selector_loop
+            # But they run the callbacks of a select() after the tasks woken before it: a task
+            # woken by our callback reads the frame, sends its next call and waits again, and
+            # only then does the loop call us for the select() that saw that frame still unread.
+            # That call must not wake the new wait for nothing.
+            self._selector_loop = isinstance(loop, asyncio.SelectorEventLoop)
 
     def _on_readable(self) -> None:
         if self._stale_possible:
@@ -268,7 +264,7 @@ class MessageChannel:
         if waiter is not None:
             if not waiter.done():
                 waiter.set_result(None)
-            if self._watch_may_end and self._peer_gone():
+            if not self._selector_loop and self._peer_gone():
                 # Watch afresh on the next wait, which then hears at once of what is left.
                 self._unwatch()
         elif self._poller.poll(0):
@@ -308,7 +304,7 @@ class MessageChannel:
 
     def _read_in_task(self) -> None:
         """Read what has arrived, from a task (not the loop's callback)."""
-        self._stale_possible = self._stale_callbacks and self._watched_by is not None
+        self._stale_possible = self._selector_loop and self._watched_by is not None
         self._read()
 
     def _read(self) -> None:
