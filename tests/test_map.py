@@ -714,6 +714,39 @@ async def test_progress_gets_the_length_of_a_range() -> None:
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
+class TenfoldList(list[int]):
+    """A list whose iteration gives ten times its items."""
+
+    def __iter__(self) -> Iterator[int]:
+        return (item * 10 for item in super().__iter__())
+
+
+@pytest.mark.parametrize("chunksize", [1, 2, "auto"])
+async def test_lists_tuples_and_a_list_subclass_give_what_iterating_them_gives(
+    chunksize: int | str,
+) -> None:
+    async with anypool.Pool(2) as pool:
+        for items in ([], [1, 2, 3], (), (4, 5, 6, 7, 8)):
+            results = await collect(pool.map(workers.square, items, chunksize=chunksize))
+            assert results == [item * item for item in items], items
+        # Its own way of iterating is kept.
+        results = await collect(pool.map(workers.square, TenfoldList([1, 2]), chunksize=chunksize))
+        assert results == [100, 400]
+
+
+async def test_items_appended_to_a_list_while_it_is_mapped_are_mapped_too() -> None:
+    # A work list that grows from its results, as a crawler's does: the list's end is reached
+    # only once it has no item left to take, as iterating it would.
+    todo = [1]
+    received: list[object] = []
+    async with anypool.Pool(2) as pool:
+        async for result in pool.map(workers.square, todo, max_in_flight=1):
+            received.append(result)
+            if len(todo) < 5:
+                todo.append(len(todo) + 1)
+    assert received == [1, 4, 9, 16, 25]
+
+
 @pytest.mark.parametrize("chunksize", [1, 3])
 async def test_an_error_from_a_number_of_a_range_comes_after_the_results_before_it(
     chunksize: int,

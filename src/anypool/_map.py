@@ -7,7 +7,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import anyio
 
@@ -353,12 +353,13 @@ class _MapRun:
         iterable = self._iterable
         async_items: AsyncIterator[Any] | None = None
         sync_items: Iterator[Any] | None = None
-        # A range is taken in ranges (see below), anything else item by item.
-        numbers = iterable if type(iterable) is range else None
+        # A range, list or tuple is taken in slices (see below), anything else item by item
+        # (a subclass too: it may iterate its own way).
+        sliced = cast("Sequence[Any]", iterable) if type(iterable) in (range, list, tuple) else None
         position = 0
         if isinstance(iterable, AsyncIterable):
             async_items = aiter(iterable)
-        elif numbers is None:
+        elif sliced is None:
             sync_items = iter(iterable)
         chunk: list[Any] = []
         exhausted = False
@@ -377,14 +378,17 @@ class _MapRun:
                 await self._room.wait()
                 continue
             wanted = full - len(chunk)
-            if numbers is not None:
-                # A range goes out in ranges: a chunk pickles in a few bytes, whatever its
-                # length, and the worker unpickles no items either.
-                part = numbers[position : position + wanted]
+            if sliced is not None:
+                # One slice, at the speed of a copy, where an iterator would take the items
+                # one by one. A range goes out in ranges: a chunk pickles in a few bytes,
+                # whatever its length, and the worker unpickles no items either.
+                part = sliced[position : position + wanted]
                 position += len(part)
                 self._taken += len(part)
-                # (Not len(): a range may be longer than sys.maxsize.)
-                exhausted = not numbers[position:]
+                # Ended only by a short slice, as list iteration ends: items appended to a list
+                # before then are taken too. (Not len(sliced): a range may be longer than
+                # sys.maxsize.)
+                exhausted = len(part) < wanted
                 if part:
                     self._add_chunk(part)
                     await checkpoint()
