@@ -16,7 +16,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar, overload
@@ -1066,7 +1066,19 @@ class Pool:
             progress=progress,
         )
 
-    def stream(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> StreamResults[Any]:
+    @overload
+    def stream(
+        self, fn: Callable[P, AsyncIterator[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamResults[T]: ...
+
+    @overload
+    def stream(
+        self, fn: Callable[P, Iterator[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamResults[T]: ...
+
+    def stream(
+        self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamResults[Any]:
         """Run the generator ``fn(*args, **kwargs)`` in a worker; iterate its items as it
         yields them.
 

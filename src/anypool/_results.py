@@ -9,6 +9,8 @@ from typing import Any, Generic, Protocol, TypeVar
 __all__ = ["ResultIterator", "ResultSource"]
 
 T = TypeVar("T")
+# What ``async with`` binds: the iterator itself, as its own type (MapResults has batches()).
+_Self = TypeVar("_Self", bound="ResultIterator[Any]")
 
 
 class ResultSource(Protocol):
@@ -40,7 +42,7 @@ class ResultIterator(Generic[T]):
     def __init__(self, source: ResultSource) -> None:
         self._source = source
 
-    async def __aenter__(self) -> ResultIterator[T]:
+    async def __aenter__(self: _Self) -> _Self:
         self._source.enter()
         return self
 
