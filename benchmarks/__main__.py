@@ -107,9 +107,11 @@ def main() -> None:
             print(f"{contender.name}: not installed (pip install anypool[bench])", file=sys.stderr)
             continue
         print(f"measuring {contender.name} ...", file=sys.stderr)
-        measured = [k for k in keys if k != "cold"]
-        results[contender.name] = run_contender(
-            contender.name, options.workers, size, sizes.repeat, measured
+        measured = [k for k in keys if k != "cold" and scenarios.by_key(k).applies(contender)]
+        results[contender.name] = (
+            run_contender(contender.name, options.workers, size, sizes.repeat, measured)
+            if measured
+            else {}
         )
         if "cold" in keys and scenarios.by_key("cold").applies(contender):
             results[contender.name]["cold"] = {

@@ -77,6 +77,8 @@ class Contender:
     kills_on_cancel: bool
     maps: bool = True
     runs_calls: bool = True
+    variant: str = ""
+    """How an anypool row other than the default one is used (``"batches"``, ``"fork"``)."""
 
     @property
     def is_anypool(self) -> bool:
@@ -147,10 +149,12 @@ class _AnypoolSession(Session):
                     return
 
 
-def _anypool(batches: bool) -> Callable[[int], contextlib.AbstractAsyncContextManager[Session]]:
+def _anypool(
+    batches: bool = False, start_method: str | None = None
+) -> Callable[[int], contextlib.AbstractAsyncContextManager[Session]]:
     @asynccontextmanager
     async def open_session(workers: int) -> AsyncIterator[Session]:
-        async with anypool.Pool(workers) as pool:
+        async with anypool.Pool(workers, start_method=start_method) as pool:
             yield _AnypoolSession(pool, batches)
 
     return open_session
@@ -355,8 +359,27 @@ def peer_chunksize(items: int, workers: int) -> int:
 BOTH = ("asyncio", "trio")
 
 CONTENDERS: list[Contender] = [
-    Contender("anypool", "anypool", "anypool", BOTH, _anypool(batches=False), True),
-    Contender("anypool (batches)", "anypool", "anypool", BOTH, _anypool(batches=True), True),
+    Contender("anypool", "anypool", "anypool", BOTH, _anypool(), True),
+    # anypool used otherwise than by default, each in the scenarios where that is the point.
+    Contender(
+        "anypool (batches)",
+        "anypool",
+        "anypool",
+        BOTH,
+        _anypool(batches=True),
+        True,
+        variant="batches",
+    ),
+    Contender(
+        "anypool (fork)",
+        "anypool",
+        "anypool",
+        BOTH,
+        _anypool(start_method="fork"),
+        True,
+        maps=False,
+        variant="fork",
+    ),
     Contender(
         "anyio.to_process",
         "anyio",

@@ -16,7 +16,7 @@ from benchmarks.scenarios import SCENARIOS, Metric, Scenario, Sizes
 SCALING_CONTENDERS = ("anypool", "multiprocessing.Pool", "ProcessPoolExecutor")
 """Measured at each worker count: anypool and the peers fastest at map."""
 
-ANYPOOL_ROWS = ("anypool", "anypool (batches)")
+ANYPOOL_ROWS = tuple(c.name for c in contenders.CONTENDERS if c.is_anypool)
 
 
 @dataclasses.dataclass
@@ -57,7 +57,7 @@ class Comparison:
     @property
     def variant(self) -> str:
         """How this anypool row differs from plain anypool, for labels."""
-        return "" if self.anypool_row == "anypool" else " (batches)"
+        return self.anypool_row.removeprefix("anypool")
 
     @property
     def met(self) -> bool | None:
@@ -240,7 +240,11 @@ def write(run: Run, output: Path) -> Path:
         " cancellation option switched on where they have one (anyio.to_process"
         " `cancellable=True`, trio-parallel `kill_on_cancel=True`, pebble's future `cancel()`),"
         " their default start method, and for `map` the chunk size multiprocessing's `Pool.map`"
-        " picks (items / (4 x workers)).",
+        " picks (items / (4 x workers)). anypool runs with its defaults (the forkserver start"
+        ' method, `chunksize="auto"`); two more rows show it used otherwise where that is the'
+        " point: `anypool (batches)` takes map's results with `results.batches()`, and"
+        " `anypool (fork)` starts its workers with the fork start method (cold first call"
+        " only).",
         "",
         f"- Date: {today}{' (quick mode: sizes too small to mean much)' if run.quick else ''}",
         *_machine(),
