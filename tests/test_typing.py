@@ -1,5 +1,6 @@
-"""The public API's types, as mypy --strict sees a user's code: what ``run`` returns follows
-``fn`` (ParamSpec), and ``async with pool.map(...)`` binds a MapResults, batches() and all.
+"""The public API's types, as mypy --strict sees a user's code: what ``run`` returns and takes
+follows ``fn`` (ParamSpec), ``async with pool.map(...)`` binds a MapResults, batches() and all,
+and the items of ``pool.stream`` are what its generator yields.
 
 The program below is checked, not run: each line marked ``# error`` must be reported, and
 nothing else.
