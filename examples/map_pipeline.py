@@ -7,6 +7,7 @@ so memory stays bounded however long the source runs. The progress bar needs tqd
 """
 
 import hashlib
+from collections.abc import AsyncIterator
 
 import anyio
 import anyio.lowlevel
@@ -22,7 +23,8 @@ def digest(index: int) -> tuple[int, str]:
     return index, hashlib.sha256(data).hexdigest()[:12]
 
 
-async def work_items(count: int):  # an async source: a queue, a socket, a database cursor ...
+async def work_items(count: int) -> AsyncIterator[int]:
+    # An async source: in real life a queue, a socket, a database cursor ...
     for index in range(count):
         if index % 500 == 0:
             await anyio.lowlevel.checkpoint()  # pretend to wait for input now and then
@@ -30,7 +32,7 @@ async def work_items(count: int):  # an async source: a queue, a socket, a datab
 
 
 async def main() -> None:
-    smallest = None
+    smallest: tuple[int, str] | None = None
     async with (
         anypool.Pool() as pool,
         pool.map(
@@ -40,6 +42,7 @@ async def main() -> None:
         async for index, hexdigest in results:
             if smallest is None or hexdigest < smallest[1]:
                 smallest = (index, hexdigest)
+    assert smallest is not None
     print(f"smallest digest: item {smallest[0]} -> {smallest[1]}")
 
 

@@ -6,13 +6,14 @@ good enough), which closes the generator in the worker.
 """
 
 import random
+from collections.abc import Iterator
 
 import anyio
 
 import anypool
 
 
-def estimate_pi(samples_per_round: int):
+def estimate_pi(samples_per_round: int) -> Iterator[tuple[int, int, float]]:
     """Monte Carlo estimate of pi, refined round after round, forever."""
     rng = random.Random(2026)
     inside = total = 0
