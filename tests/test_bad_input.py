@@ -419,3 +419,135 @@ async def test_stream_item_of_64_mib_arrives_whole_among_small_ones(kind: str) -
         assert received[2] == "after"
         del received
         await assert_pool_serves(pool, pid)
+
+
+# --- results whose unpickling raises anything, SystemExit included -----------------------------
+#
+# The parent unpickles what the worker sent: a __reduce__ that calls sys.exit must not end the
+# caller's program.
+
+
+async def test_run_result_whose_unpickling_exits_raises_serialization_error() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await worker_pid(pool)
+        error = await run_error(pool, workers.return_exits_when_unpickled)
+        assert type(error) is anypool.SerializationError
+        assert "the result of return_exits_when_unpickled" in str(error)
+        assert "SystemExit(3)" in str(error)
+        assert type(error.__cause__) is SystemExit
+        await assert_pool_serves(pool, pid)
+
+
+@pytest.mark.parametrize("return_exceptions", [False, True], ids=["raised", "returned"])
+async def test_map_result_whose_unpickling_exits_raises_serialization_error_in_its_place(
+    return_exceptions: bool,
+) -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await worker_pid(pool)
+        received, error = await map_outcome(
+            pool,
+            workers.exits_when_unpickled_for_negative,
+            [1, 2, -1, 3],
+            return_exceptions=return_exceptions,
+        )
+        failure = map_failure(received, error, [1, 4], [9], return_exceptions=return_exceptions)
+        assert type(failure) is anypool.SerializationError
+        assert "exits_when_unpickled_for_negative" in str(failure)
+        # A map that raises cancels its calls still running: the worker may be replaced then.
+        await assert_pool_serves(pool, pid if return_exceptions else None)
+
+
+async def test_stream_item_whose_unpickling_exits_raises_serialization_error() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await worker_pid(pool)
+        received, error = await stream_outcome(
+            pool, workers.yield_exits_when_unpickled_between, "before", "after"
+        )
+        assert received == ["before"]
+        assert type(error) is anypool.SerializationError
+        assert "yield_exits_when_unpickled_between" in str(error)
+        assert "SystemExit(3)" in str(error)
+        await assert_pool_serves(pool, pid)
+
+
+# --- arguments that pickle here but fail to unpickle in the worker ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("exits", "cause_type"), [(False, "ValueError"), (True, "SystemExit")], ids=["raises", "exits"]
+)
+@pytest.mark.parametrize(
+    ("args", "kwargs", "named"),
+    [
+        ((1, "BAD"), {}, "argument 1"),
+        ((1, 2, 3, 4, "BAD"), {}, "argument 4"),
+        ((["BAD"],), {}, "argument 0"),
+        ((1,), {"good": 2, "bad": "BAD"}, "keyword argument 'bad'"),
+    ],
+    ids=["second", "fifth-of-five", "inside-a-list", "keyword"],
+)
+async def test_run_argument_that_fails_to_unpickle_in_the_worker_is_named(
+    args: tuple[object, ...], kwargs: dict[str, object], named: str, exits: bool, cause_type: str
+) -> None:
+    def bad(value: object) -> object:
+        if value == "BAD":
+            return workers.FailsToUnpickle(exits)
+        if isinstance(value, list):
+            return [bad(item) for item in value]
+        return value
+
+    async with anypool.Pool(1) as pool:
+        pid = await worker_pid(pool)
+        with pytest.raises(anypool.SerializationError) as info:
+            await pool.run(
+                workers.combine_anything,
+                *[bad(value) for value in args],
+                **{key: bad(value) for key, value in kwargs.items()},
+            )
+        message = str(info.value)
+        assert message.startswith(f"could not unpickle {named} of a call to combine_anything ")
+        assert f"in worker process {pid}" in message
+        cause = info.value.__cause__
+        # A SystemExit arrives as a RemoteError, as it would from the function itself.
+        if cause_type == "SystemExit":
+            assert isinstance(cause, anypool.RemoteError)
+            assert cause.type_name == "SystemExit"
+        else:
+            assert type(cause).__name__ == cause_type
+        assert isinstance(cause.__cause__, anypool.RemoteTraceback)
+        await assert_pool_serves(pool, pid)
+
+
+async def test_map_item_that_fails_to_unpickle_in_the_worker_is_named_in_its_place() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await worker_pid(pool)
+        items = [1, 2, workers.FailsToUnpickle(), 3]
+        received, error = await map_outcome(pool, workers.identity, items, return_exceptions=True)
+        failure = map_failure(received, error, [1, 2], [3], return_exceptions=True)
+        assert type(failure) is anypool.SerializationError
+        assert "could not unpickle item 0 of its chunk of a call to identity" in str(failure)
+        assert type(failure.__cause__) is ValueError
+        await assert_pool_serves(pool, pid)
+
+
+async def test_stream_argument_that_fails_to_unpickle_in_the_worker_is_named() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await worker_pid(pool)
+        received, error = await stream_outcome(pool, workers.count_up, workers.FailsToUnpickle())
+        assert received == []
+        assert type(error) is anypool.SerializationError
+        assert "could not unpickle argument 0 of a call to count_up" in str(error)
+        assert type(error.__cause__) is ValueError
+        await assert_pool_serves(pool, pid)
+
+
+async def test_channel_argument_that_fails_to_unpickle_in_the_worker_is_named() -> None:
+    async with anypool.Pool(1) as pool:
+        pid = await worker_pid(pool)
+        with pytest.raises(anypool.SerializationError) as info:
+            async with pool.open_channel(workers.channel_echo_with, workers.FailsToUnpickle()):
+                pass
+        # The channel's end is argument 0 of the function; the caller's first argument is 1.
+        assert "could not unpickle argument 0 of a call to channel_echo_with" in str(info.value)
+        assert type(info.value.__cause__) is ValueError
+        await assert_pool_serves(pool, pid)

@@ -83,9 +83,8 @@ async def test_pool_serves_the_next_call_on_the_same_worker_after_an_exception()
     [
         (workers.raise_unpicklable_error, "workers.UnpicklableError", "holds a lock"),
         (workers.raise_unreducible_error, "workers.UnreducibleError", "refuses pickling"),
-        (workers.raise_unbuildable_error, "workers.UnbuildableError", "this and that"),
     ],
-    ids=["holds-a-lock", "reduce-raises", "cannot-unpickle"],
+    ids=["holds-a-lock", "reduce-raises"],
 )
 async def test_exception_that_cannot_be_delivered_becomes_remote_error(
     function, type_name: str, message: str
@@ -100,6 +99,77 @@ async def test_exception_that_cannot_be_delivered_becomes_remote_error(
         assert "Traceback (most recent call last):" in error.traceback
         assert isinstance(error.__cause__, anypool.RemoteTraceback)
         assert await pool.run(workers.square, 2) == 4
+
+
+async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_and_state() -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(workers.QuotaError) as info:
+            await pool.run(workers.raise_quota_error, "ann", 12)
+        assert_is_the_quota_error(info.value, "ann", 12)
+        with pytest.raises(workers.UnbuildableError, match=r"^this and that$"):
+            await pool.run(workers.raise_unbuildable_error)
+
+
+def assert_is_the_quota_error(error: BaseException, user: str, used: int) -> None:
+    """``error`` is the QuotaError raised in the worker, rebuilt whole without its __init__."""
+    assert type(error) is workers.QuotaError
+    assert error.args == (f"{user} is over quota",)
+    assert (error.user, error.used) == (user, used)
+    assert error.__notes__ == [f"{used} units used"]
+    assert isinstance(error.__cause__, anypool.RemoteTraceback)
+    assert "_quota_error" in str(error.__cause__)
+
+
+async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_in_a_map() -> None:
+    async with anypool.Pool(2) as pool:
+        results = pool.map(
+            workers.raise_quota_error_for_negative, [1, -5, 2], return_exceptions=True
+        )
+        received = [result async for result in results]
+    assert received[0::2] == [1, 4]
+    assert_is_the_quota_error(received[1], "item", -5)
+
+
+async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_in_a_stream() -> (
+    None
+):
+    received: list[object] = []
+
+    async def consume(pool: anypool.Pool) -> None:
+        async for item in pool.stream(workers.yield_then_raise_quota_error, "bo", 3):
+            received.append(item)
+
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(workers.QuotaError) as info:
+            await consume(pool)
+    assert received == [1]
+    assert_is_the_quota_error(info.value, "bo", 3)
+
+
+async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_in_a_channel() -> (
+    None
+):
+
+    async def talk(pool: anypool.Pool) -> None:
+        async with pool.open_channel(workers.channel_raise_quota_error, "cy", 7) as channel:
+            await channel.send("go")
+            await channel.receive()
+
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(workers.QuotaError) as info:
+            await talk(pool)
+    assert_is_the_quota_error(info.value, "cy", 7)
+
+
+async def test_exception_whose_type_the_parent_cannot_import_becomes_remote_error(
+    tmp_path,
+) -> None:
+    async with anypool.Pool(1) as pool:
+        with pytest.raises(anypool.RemoteError) as info:
+            await pool.run(workers.raise_error_of_a_module_only_the_worker_has, tmp_path)
+    assert info.value.type_name == "only_in_the_worker.WorkerOnlyError"
+    assert info.value.message == "from a module the parent lacks"
+    assert isinstance(info.value.__cause__, anypool.RemoteTraceback)
 
 
 async def test_sys_exit_in_the_function_becomes_remote_error_and_the_parent_lives_on() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 from typing import Any
 
 import anyio
@@ -275,6 +276,26 @@ async def test_every_start_method_runs_functions_and_lambdas(start_method: str) 
         assert pool.start_method == start_method
         assert await pool.run(workers.square, 9) == 81
         assert await pool.run(lambda: "from a lambda") == "from a lambda"
+
+
+@pytest.mark.parametrize("start_method", anypool.START_METHODS)
+async def test_an_async_function_runs_under_every_start_method_and_event_loop(
+    start_method: str, anyio_backend_name: str
+) -> None:
+    # Under fork, the worker starts inside a copy of the caller's running event loop.
+    library = "trio" if anyio_backend_name == "trio" else "asyncio"
+    async with anypool.Pool(1, start_method=start_method) as pool:
+        assert await pool.run(workers.running_event_loop) == library
+        assert await pool.run(workers.running_event_loop) == library
+        assert await pool.run(workers.async_library_seen_by_sync_code) is None
+
+
+async def test_a_forked_worker_has_none_of_the_callers_signal_handling() -> None:
+    with anyio.open_signal_receiver(signal.SIGUSR1):
+        async with anypool.Pool(1, start_method="fork") as pool:
+            wakeup_fd, default = await pool.run(workers.inherited_signal_state, signal.SIGUSR1)
+    assert wakeup_fd == -1
+    assert default, "the worker kept the handler the caller's event loop installed"
 
 
 MAIN_SCRIPT = """

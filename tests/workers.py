@@ -121,6 +121,10 @@ def combine(a: int, b: int, *, scale: int = 1, offset: int = 0) -> int:
     return (a + b) * scale + offset
 
 
+def combine_anything(*args: object, **kwargs: object) -> tuple[object, ...]:
+    return (args, kwargs)
+
+
 def keyword_arguments(**kwargs: object) -> dict[str, object]:
     return kwargs
 
@@ -163,6 +167,23 @@ async def running_event_loop() -> str:
     asyncio.get_running_loop()
     await asyncio.sleep(0)
     return "asyncio"
+
+
+def async_library_seen_by_sync_code() -> str | None:
+    """What sniffio says a plain function runs under: nothing, in a worker."""
+    import sniffio
+
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+
+
+def inherited_signal_state(signum: int) -> tuple[int, bool]:
+    """The signal wake-up descriptor, and whether ``signum`` has its default handler."""
+    wakeup_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_fd)
+    return wakeup_fd, signal.getsignal(signum) is signal.SIG_DFL
 
 
 # --- initializers ----------------------------------------------------------------------------
@@ -284,6 +305,90 @@ class UnloadableResult:
 
 def return_unloadable_result() -> UnloadableResult:
     return UnloadableResult()
+
+
+class QuotaError(Exception):
+    """An __init__ that takes more than the message it passes on: pickling calls
+    ``QuotaError(message)``, which fails."""
+
+    def __init__(self, message: str, user: str, used: int) -> None:
+        super().__init__(message)
+        self.user = user
+        self.used = used
+
+
+def _quota_error(user: str, used: int) -> QuotaError:
+    error = QuotaError(f"{user} is over quota", user, used)
+    error.add_note(f"{used} units used")
+    return error
+
+
+def raise_quota_error(user: str, used: int) -> None:
+    raise _quota_error(user, used)
+
+
+def raise_quota_error_for_negative(x: int) -> int:
+    if x < 0:
+        raise _quota_error("item", x)
+    return x * x
+
+
+def yield_then_raise_quota_error(user: str, used: int) -> Iterator[int]:
+    yield 1
+    raise _quota_error(user, used)
+
+
+def channel_raise_quota_error(end: Any, user: str, used: int) -> None:
+    end.recv()
+    raise _quota_error(user, used)
+
+
+def raise_error_of_a_module_only_the_worker_has(directory: Path) -> None:
+    """Raise an exception whose class the parent cannot import: its module is on the
+    worker's path only."""
+    (directory / "only_in_the_worker.py").write_text(
+        "class WorkerOnlyError(Exception):\n    pass\n"
+    )
+    sys.path.insert(0, str(directory))
+    try:
+        import only_in_the_worker
+    finally:
+        sys.path.remove(str(directory))
+    raise only_in_the_worker.WorkerOnlyError("from a module the parent lacks")
+
+
+class ExitsWhenUnpickled:
+    """Pickles fine; unpickling it calls ``sys.exit(3)``."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (sys.exit, (3,))
+
+
+def return_exits_when_unpickled() -> ExitsWhenUnpickled:
+    return ExitsWhenUnpickled()
+
+
+def exits_when_unpickled_for_negative(x: int) -> object:
+    return ExitsWhenUnpickled() if x < 0 else x * x
+
+
+def yield_exits_when_unpickled_between(before: object, after: object) -> Iterator[object]:
+    yield before
+    yield ExitsWhenUnpickled()
+    yield after
+
+
+class FailsToUnpickle:
+    """Pickles fine in the parent; unpickling it raises ValueError (``int("not a number")``),
+    or with ``exits``, SystemExit."""
+
+    def __init__(self, exits: bool = False) -> None:
+        self.exits = exits
+
+    def __reduce__(self) -> tuple[object, ...]:
+        if self.exits:
+            return (sys.exit, (4,))
+        return (int, ("not a number",))
 
 
 # --- generators for pool.stream --------------------------------------------------------------
@@ -490,6 +595,11 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def _type_name(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def channel_echo_with(end: Any, extra: object) -> str:
+    """As :func:`channel_echo`, with an argument of the caller's."""
+    return channel_echo(end)
 
 
 def channel_echo(end: Any) -> str:

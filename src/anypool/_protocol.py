@@ -453,6 +453,8 @@ class ErrorReport(NamedTuple):
     type_name: str
     message: str
     traceback: str
+    cause: bytes | None = None
+    """The report of the exception's ``__cause__``, where that is to be rebuilt as well."""
 
 
 PRELOAD_VARIABLE: Final = "ANYPOOL_FORKSERVER_PRELOAD"

@@ -13,8 +13,7 @@ import anyio
 
 from . import _protocol as protocol
 from ._child.queue import WorkerQueue
-from ._errors import SerializationError
-from ._serialize import dumps_item, loads
+from ._serialize import dumps_item, load_value
 
 if TYPE_CHECKING:
     from ._worker import WorkerHandle
@@ -135,12 +134,7 @@ class Queue(Generic[T]):
 
     @staticmethod
     def _load(data: bytes) -> T:
-        try:
-            item: T = loads(data)
-        except Exception as error:
-            raise SerializationError(
-                f"could not unpickle an item of an anypool.Queue: {error}"
-            ) from error
+        item: T = load_value(data, "an item of an anypool.Queue")
         return item
 
     # --- what workers ask for ------------------------------------------------------------------

@@ -25,9 +25,11 @@ __all__ = [
     "describe",
     "dumps",
     "dumps_call_arguments",
+    "dumps_exception",
     "dumps_item",
     "load_error",
     "load_result",
+    "load_value",
     "loads",
 ]
 
@@ -273,22 +275,79 @@ def describe(obj: object) -> str:
     return f"a {cls.__module__}.{cls.__qualname__} object"
 
 
+def dumps_exception(error: BaseException) -> bytes | None:
+    """Pickle an exception to be rebuilt as itself, or ``None`` if it cannot be.
+
+    An exception pickles as its type called with its ``args``, which fails to unpickle where
+    ``__init__`` takes other arguments than the message it passes on (``QuotaError(message,
+    user, used)``): such an exception, unless it has a ``__reduce__`` of its own, is pickled as
+    its type, ``args`` and attributes instead, to be rebuilt without calling ``__init__``.
+    """
+    forms: list[object] = [error]
+    # Only where pickling is the default one: an exception's own __reduce__ has the last word.
+    if type(error).__reduce__ is BaseException.__reduce__:
+        forms.append(_RebuiltException(error))
+    for form in forms:
+        try:
+            data = dumps(form)
+            loads(data)  # unpickling can fail where pickling worked
+            return data
+        # BaseException: a __reduce__ may raise SystemExit; that must not end the worker.
+        except BaseException:
+            continue
+    return None
+
+
+class _RebuiltException:
+    """Pickles an exception as its type, ``args`` and ``__dict__`` (``__notes__`` included)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self) -> tuple[object, ...]:
+        error = self.error
+        return _rebuild_exception, (type(error), error.args, vars(error))
+
+
+def _rebuild_exception(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+) -> BaseException:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__setstate__(state)
+    return error
+
+
+def load_value(payload: Payload | bytearray, what: str) -> Any:
+    """Unpickle ``what`` (for the error message: ``"the result of fn"``).
+
+    Raises:
+        SerializationError: anything raised while unpickling (a class that cannot be imported
+            here, a ``__reduce__`` that raises, even ``SystemExit``), as its ``__cause__``;
+            except ``KeyboardInterrupt``, which is the user's Ctrl-C.
+    """
+    try:
+        return loads(payload)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
+        raise SerializationError(f"could not unpickle {what}: {error!r}") from error
+
+
 def load_result(payload: Payload | bytearray, fn: Callable[..., Any]) -> Any:
     """Unpickle the result of a call to ``fn``.
 
     Raises:
-        SerializationError: the result cannot be rebuilt here (say, its class is not importable).
+        SerializationError: the result cannot be rebuilt here (see :func:`load_value`).
     """
-    try:
-        return loads(payload)
-    except Exception as error:
-        raise SerializationError(
-            f"could not unpickle the result of {describe(fn)}: {error}"
-        ) from error
+    return load_value(payload, f"the result of {describe(fn)}")
 
 
 def load_error(payload: bytes | bytearray) -> BaseException:
-    """Rebuild the exception a worker reported, its remote traceback attached as ``__cause__``.
+    """Rebuild the exception a worker reported, its remote traceback attached as ``__cause__``
+    (or the exception reported as its cause, with its own remote traceback).
 
     It is the original exception where it can be rebuilt and is an ``Exception``; otherwise a
     :class:`RemoteError` that carries its type name, message and traceback text.
@@ -298,9 +357,15 @@ def load_error(payload: bytes | bytearray) -> BaseException:
     if report.exception is not None:
         try:
             error = loads(report.exception)
-        except Exception:
+        except KeyboardInterrupt:
+            raise
+        # BaseException: a __reduce__ may raise SystemExit here too; never the caller's own.
+        except BaseException:
             error = None
     if not isinstance(error, Exception):
         error = RemoteError(report.type_name, report.message, report.traceback)
-    error.__cause__ = RemoteTraceback(report.traceback)
+    if report.cause is not None:
+        error.__cause__ = load_error(report.cause)
+    else:
+        error.__cause__ = RemoteTraceback(report.traceback)
     return error

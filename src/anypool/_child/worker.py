@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import signal
+import sys
 import time
 import traceback
 import types
@@ -15,10 +16,11 @@ from typing import Any
 
 from .. import _protocol as protocol
 from .._errors import SerializationError
-from .._serialize import describe, dumps, dumps_item, loads
+from .._serialize import describe, dumps, dumps_exception, dumps_item, loads
 from .duplex import AsyncChannelEnd, ChannelEnd, ChannelState, run_blocking
 from .lifeline import die_with_parent
 from .pipe import Frame, Pipe
+from .unpickling import unpickling_error
 
 __all__ = ["main"]
 
@@ -27,6 +29,7 @@ def main(connection: Connection, config_blob: bytes) -> None:
     """Serve calls from the parent until it closes the pipe or ``idle_timeout`` passes."""
     # Ctrl-C is for the parent: it cancels the calls, and the pool then stops its workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _forget_the_parents_event_loop()
     fd = connection.fileno()
     die_with_parent(fd)
     config: protocol.WorkerConfig = loads(config_blob)
@@ -34,6 +37,29 @@ def main(connection: Connection, config_blob: bytes) -> None:
     # BrokenPipeError: the parent closed its end without waiting for us; nobody is left to tell.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         _serve(Pipe(fd, config.idle_timeout), config)
+
+
+def _forget_the_parents_event_loop() -> None:
+    """Under the fork start method a worker starts as a copy of its parent, in the middle of
+    the parent's event loop: undo what of it would reach the worker's own loops."""
+    # The parent's loop has its wake-up descriptor written to on each signal: our signals would
+    # wake it, and trio.run warns of a wake-up descriptor it did not set.
+    signal.set_wakeup_fd(-1)
+    # Handlers that the parent's loop (or application) installed would run here, where no loop
+    # calls them back: a worker starts with the defaults, as under spawn. (SIGINT: see main.)
+    for signum in signal.valid_signals():
+        if signum != signal.SIGINT and callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_DFL)
+    # trio keeps the run in progress in a thread-local: trio.run would say that it is called
+    # from inside a run. sniffio would name the parent's library (a thread-local under trio,
+    # and the context variable of the task that forked us) while none, or another, runs.
+    trio_run = sys.modules.get("trio._core._run")
+    if trio_run is not None:
+        vars(trio_run.GLOBAL_RUN_CONTEXT).clear()
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None:
+        sniffio.thread_local.name = None
+        sniffio.current_async_library_cvar.set(None)
 
 
 def _serve(pipe: Pipe, config: protocol.WorkerConfig) -> None:
@@ -107,10 +133,33 @@ def _send_outcome_announcing_the_next(
     return following, True
 
 
+class _CallNotLoaded(Exception):
+    """The message of a call could not be unpickled: its report is ready to send."""
+
+    def __init__(self, report: bytes) -> None:
+        self.report = report
+
+
+def _load_call(payload: protocol.Payload | bytearray) -> Any:
+    """The tuple a CALL, QUEUED, STREAM or OPEN message holds, ``(fn, args, kwargs, ...)``.
+
+    Raises:
+        _CallNotLoaded: with the report of a SerializationError that names the argument at
+            fault, its ``__cause__`` the error raised while unpickling.
+    """
+    try:
+        return loads(payload)
+    # BaseException: a __reduce__ may raise anything, and must not end the worker.
+    except BaseException as error:
+        raise _CallNotLoaded(_report(unpickling_error(payload, error), cause=error)) from None
+
+
 def _run(payload: protocol.Payload | bytearray) -> tuple[int, protocol.Payload]:
     try:
-        fn, args, kwargs, event_loop = loads(payload)
+        fn, args, kwargs, event_loop = _load_call(payload)
         result = _call(fn, args, kwargs, event_loop)
+    except _CallNotLoaded as failure:
+        return protocol.ERROR, failure.report
     except BaseException as error:
         return protocol.ERROR, _report(error)
     if fn is apply_to_chunk:
@@ -160,11 +209,13 @@ def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
     """Call ``fn(channel_end, *args, **kwargs)`` and send its outcome once it returns."""
     channel: ChannelState | None = None
     try:
-        fn, args, kwargs, event_loop, buffer = loads(payload)
+        fn, args, kwargs, event_loop, buffer = _load_call(payload)
         channel = ChannelState(pipe, buffer)
         run_blocking(pipe, channel.start(buffer))
         end = AsyncChannelEnd(channel, event_loop) if _is_async(fn) else ChannelEnd(channel)
         outcome = _outcome(fn, _call(fn, (end, *args), kwargs, event_loop))
+    except _CallNotLoaded as failure:
+        outcome = protocol.ERROR, failure.report
     except BaseException as error:
         outcome = protocol.ERROR, _report(error)
     if channel is None:
@@ -180,8 +231,11 @@ def _stream(pipe: Pipe, payload: bytes | bytearray) -> None:
     """Send the items of a generator as it makes them, at most ``buffer`` ahead of the
     parent's credit, until it ends, fails, or the parent asks to close it."""
     try:
-        fn, args, kwargs, event_loop, buffer = loads(payload)
+        fn, args, kwargs, event_loop, buffer = _load_call(payload)
         generator = _start_generator(fn, args, kwargs)
+    except _CallNotLoaded as failure:
+        pipe.send(protocol.ERROR, failure.report)
+        return
     except BaseException as error:
         pipe.send(protocol.ERROR, _report(error))
         return
@@ -350,22 +404,15 @@ def _run_coroutine(coroutine: Coroutine[Any, Any, Any], event_loop: str) -> Any:
     return asyncio.run(coroutine)
 
 
-def _report(error: BaseException) -> bytes:
-    """Pickle ``error`` for the parent, with its traceback as text and a fallback by name."""
+def _report(error: BaseException, cause: BaseException | None = None) -> bytes:
+    """Pickle ``error`` for the parent, with its traceback as text and a fallback by name;
+    and ``cause``, reported likewise, to be its ``__cause__`` there (else the traceback is)."""
     # The first frames are this module's own; the user's traceback starts below them.
     frames = error.__traceback__
     while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
         frames = frames.tb_next
     text = "".join(traceback.format_exception(type(error), error, frames))
-    exception: bytes | None = None
-    if isinstance(error, Exception):
-        try:
-            exception = dumps(error)
-            # Unpickling can fail where pickling worked (an __init__ with other arguments).
-            loads(exception)
-        # BaseException: a __reduce__ may raise SystemExit; that must not end the worker.
-        except BaseException:
-            exception = None
+    exception = dumps_exception(error) if isinstance(error, Exception) else None
     cls = type(error)
     name = (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
@@ -374,4 +421,5 @@ def _report(error: BaseException) -> bytes:
         message = str(error)
     except BaseException:
         message = "<str() of the exception failed>"
-    return dumps(protocol.ErrorReport(exception, name, message, text))
+    reported_cause = None if cause is None else _report(cause)
+    return dumps(protocol.ErrorReport(exception, name, message, text, reported_cause))
