@@ -3,6 +3,7 @@ process outlives the pool."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -34,6 +35,41 @@ async def test_run_after_close_raises_pool_closed_error() -> None:
     with pytest.raises(anypool.PoolClosedError):
         await pool.run(workers.square, 2)
     await pool.join()
+
+
+@pytest.mark.parametrize("how", ["async-with", "close", "terminate"])
+async def test_entering_a_closed_pool_raises_pool_closed_error(how: str) -> None:
+    pool = anypool.Pool(1)
+    if how == "async-with":
+        async with pool:
+            assert await pool.run(workers.square, 2) == 4
+    elif how == "close":
+        pool.close()
+    else:
+        await pool.terminate()
+    with pytest.raises(anypool.PoolClosedError, match="the pool is closed"):
+        await pool.__aenter__()
+    await pool.join()
+
+
+async def test_a_pool_dropped_unclosed_warns_and_its_workers_are_stopped(tmp_path) -> None:
+    pools = [anypool.Pool(2)]
+    await pools[0].__aenter__()
+    async with anyio.create_task_group() as group:
+        for name in ("first", "second"):
+            group.start_soon(pools[0].run, workers.write_pid_and_sleep, tmp_path / name, 0.2)
+    pids = [await read_pid(tmp_path / name) for name in ("first", "second")]
+    assert len(set(pids)) == 2
+    del group
+
+    def drop_the_pool() -> None:
+        pools.clear()
+        gc.collect()
+
+    with pytest.warns(ResourceWarning, match=r"garbage-collected without being closed; its 2 "):
+        drop_the_pool()
+    # Stopped and reaped as the pool was collected, not later.
+    assert [pid for pid in pids if not gone(pid)] == []
 
 
 async def test_join_waits_for_running_and_queued_calls_then_stops_the_workers(tmp_path) -> None:

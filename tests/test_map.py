@@ -606,10 +606,14 @@ async def test_progress_true_without_tqdm_names_the_extra_that_provides_it(
 # --- arguments, closed pool, options ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunksize", [0, -1, "big"])
-async def test_invalid_chunksize_raises_value_error(chunksize: object) -> None:
+@pytest.mark.parametrize(
+    ("chunksize", "error_type"), [(0, ValueError), (-1, ValueError), ("big", TypeError)]
+)
+async def test_invalid_chunksize_raises_an_error_naming_it(
+    chunksize: object, error_type: type[Exception]
+) -> None:
     async with anypool.Pool(2) as pool:
-        with pytest.raises(ValueError, match="chunksize"):
+        with pytest.raises(error_type, match="chunksize"):
             await collect(pool.map(workers.square, [1, 2], chunksize=chunksize))
 
 

@@ -92,3 +92,6 @@ def _read_text(path: str | Path) -> str | None:
         return Path(path).read_text()
     except OSError:
         return None
+
+
+cpu_count.__module__ = "anypool"

@@ -55,3 +55,6 @@ async def run(fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Any
     """
     pool = await _get_default_pool()
     return await pool.run(fn, *args, **kwargs)
+
+
+run.__module__ = "anypool"

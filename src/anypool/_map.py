@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import anyio
 
 from . import _protocol as protocol
+from ._arguments import check_callable, check_count, check_flag, check_iterable
 from ._channel import ChannelClosed
 from ._child.worker import apply_to_chunk
 from ._eventloop import checkpoint, current_library, spawn_detached
@@ -178,16 +179,21 @@ class _MapRun:
         return_exceptions: bool,
         progress: bool | Callable[[int, int | None], object] | None,
     ) -> None:
-        if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
-            raise ValueError(f"chunksize must be a positive int or 'auto', not {chunksize!r}")
+        check_callable("fn", fn)
+        check_iterable("iterable", iterable)
+        if chunksize != "auto":
+            chunksize = check_count("chunksize", chunksize, expected="an int or 'auto'")
+        max_in_flight = check_count("max_in_flight", max_in_flight, optional=True)
+        check_flag("ordered", ordered)
+        check_flag("return_exceptions", return_exceptions)
+        if not (progress is None or isinstance(progress, bool) or callable(progress)):
+            raise TypeError(f"progress must be True, False, None or a callable, not {progress!r}")
         # By default _CHUNKS_IN_FLIGHT chunks per worker; with "auto", of the current size.
         self._default_in_flight = max_in_flight is None
         if max_in_flight is None:
             max_in_flight = (
                 _CHUNKS_IN_FLIGHT * core.max_workers * (1 if chunksize == "auto" else chunksize)
             )
-        elif max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self._core = core
         self._options = options
         self._fn = fn
@@ -708,3 +714,6 @@ class _Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+MapResults.__module__ = "anypool"

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -25,6 +26,13 @@ import anyio
 import anyio.to_thread
 
 from . import _protocol as protocol
+from ._arguments import (
+    check_callable,
+    check_count,
+    check_flag,
+    check_seconds,
+    check_timeout,
+)
 from ._channel import ChannelClosed
 from ._child.duplex import AsyncChannelEnd, ChannelEnd
 from ._cpu import cpu_count
@@ -844,17 +852,35 @@ class _PoolCore:
             await self.wait_all_done()
         self.stop_keeping_spare_files()
 
-    def shutdown_now(self) -> None:
-        """Stop every worker, blocking: for interpreter exit, when no event loop is left."""
+    def shutdown_now(self, grace: float) -> None:
+        """Stop every worker, blocking: for interpreter exit, when no event loop is left, or a
+        pool that was dropped unclosed. Busy workers are killed; idle ones are given ``grace``
+        seconds to exit."""
         self.closed = self.terminated = True
         for worker in self.busy:
             worker.signal(signal.SIGKILL)
         for worker in [*self.idle, *self.busy, *self.leaving]:
-            worker.stop_now(self.kill_grace)
+            worker.stop_now(grace)
         self.idle.clear()
         self.busy.clear()
         self.leaving.clear()
         self.stop_keeping_spare_files()
+
+    def __del__(self) -> None:
+        # Dropped without close() and join(), or terminate(), with workers still there (no
+        # task can own a worker now: a call holds the pool). Like an unclosed transport or a
+        # Popen still running, it warns; and since no one else will, it stops and reaps them,
+        # without a grace period: this may run in the event loop's thread, at any time.
+        workers = len(self.idle) + len(self.busy) + len(self.leaving)
+        if workers and os.getpid() == self.owner_pid:
+            warnings.warn(
+                f"a pool was garbage-collected without being closed; its {workers} worker "
+                "process(es) are killed now (use `async with Pool() as pool:`)",
+                ResourceWarning,
+                source=self,
+                stacklevel=1,
+            )
+            self.shutdown_now(0)
 
     def stats(self) -> PoolStats:
         for worker in list(self.idle):
@@ -882,7 +908,7 @@ def _stop_workers_at_exit() -> None:
     # multiprocessing's own exit handler does not know of the workers (see _worker._starting):
     # stop those of pools still open, and reap them.
     for core in list(_live_pools):
-        core.shutdown_now()
+        core.shutdown_now(core.kill_grace)
 
 
 class Pool:
@@ -896,7 +922,8 @@ class Pool:
             call. If it raises, that call raises :class:`InitializerError`.
         initargs: the arguments of ``initializer``.
         max_tasks_per_worker: replace a worker after this many calls; ``None`` for never.
-        idle_timeout: a worker idle for this many seconds exits; ``None`` for never.
+        idle_timeout: a worker idle for this many seconds exits; ``None`` (or ``math.inf``)
+            for never.
         kill_grace: seconds between SIGTERM and SIGKILL when a worker is stopped.
 
     Workers start when calls need them. Use the pool as ``async with Pool() as pool:``; leaving
@@ -918,25 +945,26 @@ class Pool:
         idle_timeout: float | None = 300.0,
         kill_grace: float = 1.0,
     ) -> None:
+        max_workers = check_count("max_workers", max_workers, optional=True)
         if max_workers is None:
             max_workers = cpu_count()
-        elif max_workers < 1:
-            raise ValueError(f"max_workers must be at least 1, not {max_workers}")
         if start_method is None:
             start_method = "forkserver" if sys.platform == "linux" else "spawn"
         elif start_method not in START_METHODS:
             raise ValueError(
-                f"unknown start method {start_method!r}; valid start methods are "
+                "start_method must be one of "
                 + ", ".join(repr(name) for name in START_METHODS)
+                + f" or None, not {start_method!r}"
             )
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, not {describe(initializer)}")
-        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
-            raise ValueError(f"max_tasks_per_worker must be at least 1, not {max_tasks_per_worker}")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError(f"idle_timeout must be positive or None, not {idle_timeout}")
-        if kill_grace < 0:
-            raise ValueError(f"kill_grace must not be negative, not {kill_grace}")
+        if initializer is not None:
+            check_callable("initializer", initializer)
+        if isinstance(initargs, (str, bytes)) or not isinstance(initargs, Iterable):
+            raise TypeError(f"initargs must be a tuple of arguments, not {initargs!r}")
+        max_tasks_per_worker = check_count(
+            "max_tasks_per_worker", max_tasks_per_worker, optional=True
+        )
+        idle_timeout = check_timeout("idle_timeout", idle_timeout)
+        kill_grace = check_seconds("kill_grace", kill_grace)
         if start_method == "forkserver":
             _preload_worker_module_in_forkserver()
         config = protocol.WorkerConfig(initializer, tuple(initargs), idle_timeout)
@@ -974,13 +1002,11 @@ class Pool:
         Options travel apart from the arguments of ``run`` and ``stream``, so they never clash
         with the keyword arguments of the function called.
         """
-        if buffer is not None and buffer < 1:
-            raise ValueError(f"buffer must be at least 1, not {buffer}")
         changes: dict[str, Any] = {}
         if kill_on_cancel is not None:
-            changes["kill_on_cancel"] = kill_on_cancel
+            changes["kill_on_cancel"] = check_flag("kill_on_cancel", kill_on_cancel)
         if buffer is not None:
-            changes["buffer"] = buffer
+            changes["buffer"] = check_count("buffer", buffer)
         view = object.__new__(Pool)
         view._core = self._core
         view._options = dataclasses.replace(self._options, **changes)
@@ -1017,6 +1043,7 @@ class Pool:
         """
         # Not a full checkpoint: the wait for the worker yields to the event loop anyway.
         await checkpoint_if_cancelled()
+        check_callable("fn", fn)
         core = self._core
         core.check_open()
         payload = dumps_call_arguments((fn, args, kwargs, current_library()), fn, args, kwargs)
@@ -1089,6 +1116,7 @@ class Pool:
         the worker (``GeneratorExit``); a worker whose generator does not finish within
         ``kill_grace`` is killed. The generator's exception is raised after the items before it.
         """
+        check_callable("fn", fn)
         return StreamResults(self._core, self._options, fn, args, kwargs)
 
     @overload
@@ -1119,6 +1147,7 @@ class Pool:
         (the same, awaitable) when ``fn`` is an ``async def``. Each direction holds at most
         ``buffer`` items (see :meth:`with_options`) that the other side has not taken.
         """
+        check_callable("fn", fn)
         return Channel(self._core, self._options, fn, args, kwargs)
 
     def close(self) -> None:
@@ -1151,6 +1180,12 @@ class Pool:
         return self._core.stats()
 
     async def __aenter__(self) -> Pool:
+        """Enter the pool's block: see the class's description.
+
+        Raises:
+            PoolClosedError: the pool was closed or terminated already.
+        """
+        self._core.check_open()
         return self
 
     async def __aexit__(

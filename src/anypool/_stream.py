@@ -194,3 +194,6 @@ class _Stream:
         """Account for the end of the stream: ``failed`` is ``None`` when it was cancelled."""
         self._done = True
         self._core.end_session(failed=failed)
+
+
+StreamResults.__module__ = "anypool"
