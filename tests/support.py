@@ -264,10 +264,21 @@ def _run_python(
     return process
 
 
+# A shell starts a foreground job with SIGINT at its default action, whatever its own. Started
+# from a test run that ignores SIGINT (a background job of a script, `make test &`, ignores it),
+# a script would ignore it too (an ignored signal stays ignored across exec; Python then installs
+# no KeyboardInterrupt handler), and the Ctrl-C a test sends it would do nothing.
+_AS_FOREGROUND_JOB = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 def start_script(script: Path, *args: str) -> subprocess.Popen[str]:
-    """Start ``script`` in a session of its own, as a shell starts a foreground job."""
+    """Start ``script`` in a session of its own, as a shell starts a foreground job: Ctrl-C
+    (SIGINT) at its default action."""
     return subprocess.Popen(
-        [sys.executable, str(script), *args],
+        [sys.executable, "-c", _AS_FOREGROUND_JOB, str(script), *args],
         cwd=script.parent,
         env=script_environment(),
         stdin=subprocess.DEVNULL,

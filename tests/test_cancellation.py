@@ -144,6 +144,7 @@ async def test_cancel_while_waiting_for_a_worker_does_not_disturb_the_running_ca
         assert await pool.run(workers.current_pid) == pid
 
 
+@pytest.mark.timing
 async def test_worker_ignoring_sigterm_is_killed_after_kill_grace(tmp_path) -> None:
     kill_grace = 0.5
     marker = tmp_path / "got-sigterm"

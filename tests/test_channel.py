@@ -565,6 +565,7 @@ async def test_closing_makes_recv_raise_eof_error_and_send_broken_pipe_error(tmp
             assert await pool.run(workers.current_pid) == pid, case
 
 
+@pytest.mark.timing
 async def test_aclose_kills_a_function_that_does_not_return_within_kill_grace(tmp_path) -> None:
     pid_path = tmp_path / "pid"
     async with new_pool(kill_grace=SHORT_GRACE) as pool:
@@ -697,6 +698,7 @@ async def test_a_cancelled_task_group_kills_the_worker(tmp_path) -> None:
         await victim.assert_pool_still_usable()
 
 
+@pytest.mark.timing
 async def test_a_worker_ignoring_sigterm_is_killed_after_kill_grace(tmp_path) -> None:
     async with new_pool(kill_grace=SHORT_GRACE) as pool:
         victim = ChannelVictim(pool, tmp_path, workers.channel_ignore_sigterm_and_sleep)

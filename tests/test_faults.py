@@ -253,6 +253,7 @@ def assert_killed_after_resisting_sigterm(
     assert stats.workers_replaced == 1
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("how", RESISTANCE)
 async def test_run_cancelled_kills_a_worker_resisting_sigterm_after_kill_grace(
     how: str, tmp_path
@@ -269,6 +270,7 @@ async def test_run_cancelled_kills_a_worker_resisting_sigterm_after_kill_grace(
         assert await pool.run(workers.square, 4) == 16
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize(
     ("how", "leave"),
     [("swallow", "break"), ("loop", "cancel")],
@@ -296,6 +298,7 @@ async def test_map_left_early_kills_a_worker_resisting_sigterm_after_kill_grace(
         assert await pool.run(workers.square, 4) == 16
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize(
     ("how", "leave"),
     [("swallow", "cancel"), ("loop", "break")],
@@ -329,6 +332,7 @@ async def test_stream_left_early_kills_a_busy_worker_after_kill_grace(
 # --- stream generators that ignore GeneratorExit ---------------------------------------------
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("leave", ["break", "cancel"])
 @pytest.mark.parametrize("kind", KINDS)
 async def test_stream_generator_sleeping_through_generator_exit_is_killed_after_kill_grace(
@@ -360,6 +364,7 @@ async def test_stream_generator_sleeping_through_generator_exit_is_killed_after_
         assert await pool.run(workers.current_pid) != pid
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("kind", KINDS)
 async def test_stream_generator_yielding_after_generator_exit_is_closed_and_keeps_its_worker(
     kind: str, tmp_path

@@ -106,6 +106,7 @@ async def test_join_before_close_raises() -> None:
             await pool.join()
 
 
+@pytest.mark.timing
 async def test_terminate_kills_busy_workers_and_their_calls_raise_pool_closed_error(
     tmp_path,
 ) -> None:
@@ -369,6 +370,7 @@ PARENT_KILLED_SCRIPT = """
 """
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("stage", ["busy", "start-up"])
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
 def test_workers_exit_within_a_second_of_the_parent_being_sigkilled(

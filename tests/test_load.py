@@ -1,5 +1,6 @@
 """Load: 10 000 callers awaiting one 2-worker pool at once are all served, with correct results,
-in the order they arrived, while the parent's descriptors and memory stay bounded.
+given a worker in the order they arrived, while the parent's descriptors and memory stay
+bounded.
 
 Both workers are held by two blocking calls while the callers arrive, so that every caller is
 waiting at once (the peak the bounds are checked at); a file releases them.
@@ -7,11 +8,22 @@ waiting at once (the peak the bounds are checked at); a file releases them.
 Arrival order is well defined only between callers that reach the pool at different
 scheduling steps (trio runs the tasks of one step in either order), so the order tests start
 callers one by one, each once the previous one is queued.
+
+What the pool promises about order is that calls get a worker in the order they came
+(admission), not that they finish in that order: a call given to a worker (or sent ahead
+behind the call it runs) waits for that worker, which the OS may pause for a moment while the
+other worker runs dozens of later calls. How often that happens depends on the machine's load,
+not on the pool (issue 16: up to 9 % of 10 000 calls finished more than 4 places late beside
+another test suite, under 2 % when the machine is quiet), so the order tests check admission,
+from when and where each call started, which is exact on any machine.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -41,18 +53,21 @@ def open_fd_count() -> int:
 
 
 class Callers:
-    """Callers of ``pool.run(workers.identity, i)`` that record when they entered ``run`` and
-    when it returned."""
+    """Callers of ``pool.run(function, i)`` that record when they entered ``run`` and when it
+    returned."""
 
-    def __init__(self, pool: anypool.Pool) -> None:
+    def __init__(
+        self, pool: anypool.Pool, function: Callable[[int], object] = workers.identity
+    ) -> None:
         self.pool = pool
+        self.function = function
         self.entered: list[int] = []
         self.completed: list[int] = []
         self.results: dict[int, object] = {}
 
     async def call(self, i: int) -> None:
         self.entered.append(i)
-        self.results[i] = await self.pool.run(workers.identity, i)
+        self.results[i] = await self.pool.run(self.function, i)
         self.completed.append(i)
 
     async def all_entered(self, count: int) -> None:
@@ -117,6 +132,18 @@ async def test_ten_thousand_concurrent_callers_are_all_served_with_bounded_resou
     )
 
 
+def most_earlier_calls_not_started(start_order: list[int]) -> int:
+    """Of calls 0 .. n-1 in the order they started, the most that had arrived before a call
+    and not yet started when it started."""
+    started: list[int] = []  # sorted
+    most = 0
+    for call in start_order:
+        most = max(most, call - bisect.bisect_left(started, call))
+        bisect.insort(started, call)
+    return most
+
+
+@pytest.mark.timing
 async def test_callers_of_a_single_worker_are_served_exactly_in_arrival_order(
     tmp_path: Path,
 ) -> None:
@@ -134,26 +161,33 @@ async def test_callers_of_a_single_worker_are_served_exactly_in_arrival_order(
     assert callers.results == {i: i for i in range(count)}
 
 
-async def test_ten_thousand_callers_of_two_workers_are_served_close_to_arrival_order(
+@pytest.mark.timing
+async def test_ten_thousand_callers_of_two_workers_get_a_worker_in_arrival_order(
     tmp_path: Path,
 ) -> None:
     release = tmp_path / "release"
     async with anypool.Pool(MAX_WORKERS) as pool:
-        callers = Callers(pool)
+        callers = Callers(pool, workers.identity_with_pid_and_start_time)
         async with anyio.create_task_group() as group:
             await hold_the_workers(pool, group, release, MAX_WORKERS)
             await callers.arrive_one_by_one(group, CALLERS)
             release.touch()
     assert callers.entered == list(range(CALLERS))
-    assert callers.results == {i: i for i in range(CALLERS)}
-    # How many places each call completed after (+) or before (-) its place of arrival. Two
-    # workers answer in either order, so neighbours swap; and while the OS pauses one worker
-    # the other completes the calls behind the paused one's: a few calls come dozens of places
-    # late. A LIFO or random admission would put most calls thousands of places off.
-    displacements = [position - i for position, i in enumerate(callers.completed)]
-    close = sum(abs(displacement) <= 2 * MAX_WORKERS for displacement in displacements)
-    assert close >= 0.95 * CALLERS, (
-        f"only {close} of {CALLERS} calls completed within {2 * MAX_WORKERS} places of their "
-        f"arrival; worst: {max(displacements, key=abs)}"
-    )
-    assert max(displacements) < CALLERS // 2, "a call waited behind half the later callers"
+    assert {i: value for i, (value, _, _) in callers.results.items()} == {
+        i: i for i in range(CALLERS)
+    }
+    start_order = sorted(range(CALLERS), key=lambda i: callers.results[i][2])
+    calls_of_worker = defaultdict(list)
+    for i in start_order:
+        calls_of_worker[callers.results[i][1]].append(i)
+    assert len(calls_of_worker) == MAX_WORKERS
+    # Each worker runs the calls it is given in the order they came (LIFO or random admission
+    # would break this at once) ...
+    for pid, calls in calls_of_worker.items():
+        assert calls == sorted(calls), f"worker {pid} ran its calls out of arrival order"
+    # ... and no call starts while more earlier ones wait than the other worker can hold: the
+    # one it is starting (given, not yet begun), and the one sent ahead behind it. However long
+    # the OS pauses a worker, no later call is given a worker before an earlier one.
+    held = 2 * (MAX_WORKERS - 1)
+    most = most_earlier_calls_not_started(start_order)
+    assert most <= held, f"a call started while {most} calls that came before it had not"

@@ -359,6 +359,7 @@ async def test_leaving_after_the_generator_has_returned_keeps_the_worker_serving
         assert await pool.run(workers.current_pid) == pid
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("leave", ANYIO_WAYS_TO_LEAVE)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_stopping_early_kills_a_worker_whose_generator_blocks_when_closed(
@@ -367,6 +368,7 @@ async def test_stopping_early_kills_a_worker_whose_generator_blocks_when_closed(
     await assert_leaving_kills_a_worker_whose_generator_blocks_when_closed(leave, kind, tmp_path)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 @pytest.mark.parametrize("kind", KINDS)
 async def test_trio_move_on_after_kills_a_worker_whose_generator_blocks_when_closed(
@@ -377,6 +379,7 @@ async def test_trio_move_on_after_kills_a_worker_whose_generator_blocks_when_clo
     )
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS, ids=ASYNCIO_BACKEND_IDS)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_asyncio_task_cancel_kills_a_worker_whose_generator_blocks_when_closed(

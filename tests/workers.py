@@ -133,6 +133,13 @@ def identity(value: object) -> object:
     return value
 
 
+def identity_with_pid_and_start_time(value: object) -> tuple[object, int, float]:
+    """``value``, the worker's pid, and when the call started: ``time.monotonic()``, one clock
+    for every process of the machine (Linux), so that the calls of two workers can be put in
+    the order they started."""
+    return value, os.getpid(), time.monotonic()
+
+
 def zeros(size: int) -> bytes:
     return bytes(size)
 
