@@ -56,25 +56,6 @@ ASYNCIO_SCRIPT = (
     + """
     import asyncio
 
-
-    async def main(directory):
-        async with anypool.Pool(2, kill_grace=KILL_GRACE) as pool:
-            await asyncio.gather(
-                pool.run(busy, directory / "1.pid", False),
-                pool.run(busy, directory / "2.pid", True),
-            )
-
-
-    if __name__ == "__main__":
-        asyncio.run(main(Path(sys.argv[1])))
-"""
-)
-
-UVLOOP_SCRIPT = (
-    BUSY_FUNCTION
-    + """
-    import asyncio
-
     import uvloop
 
 
@@ -87,7 +68,8 @@ UVLOOP_SCRIPT = (
 
 
     if __name__ == "__main__":
-        uvloop.run(main(Path(sys.argv[1])))
+        run = uvloop.run if sys.argv[2] == "uvloop" else asyncio.run
+        run(main(Path(sys.argv[1])))
 """
 )
 
@@ -113,14 +95,18 @@ TRIO_SCRIPT = (
 @pytest.mark.timing
 @pytest.mark.parametrize("load", ["alone", "busy-machine"])
 @pytest.mark.parametrize(
-    "code", [ASYNCIO_SCRIPT, UVLOOP_SCRIPT, TRIO_SCRIPT], ids=["asyncio", "asyncio+uvloop", "trio"]
+    ("code", "loop"),
+    [(ASYNCIO_SCRIPT, "asyncio"), (ASYNCIO_SCRIPT, "uvloop"), (TRIO_SCRIPT, "trio")],
+    ids=["asyncio", "asyncio+uvloop", "trio"],
 )
-def test_ctrl_c_stops_the_program_and_its_busy_workers(code: str, load: str, tmp_path) -> None:
+def test_ctrl_c_stops_the_program_and_its_busy_workers(
+    code: str, loop: str, load: str, tmp_path
+) -> None:
     # One worker sleeps, the other ignores SIGTERM: the pool kills it kill_grace later.
     script = write_script(tmp_path, code)
     machine = machine_load(LOAD_SECONDS) if load == "busy-machine" else contextlib.nullcontext()
     with machine:
-        process = start_script(script, str(tmp_path))
+        process = start_script(script, str(tmp_path), loop)
         try:
             pid_files = [tmp_path / "1.pid", tmp_path / "2.pid"]
             assert wait_until(lambda: all(path.exists() for path in pid_files), timeout=30)
