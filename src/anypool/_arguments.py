@@ -17,8 +17,8 @@ __all__ = [
     "check_timeout",
 ]
 
-# Seconds beyond which a timeout is as good as none: the kernel's socket timeouts and the
-# pickled size of a time stop well short of floats this large.
+# Seconds (some 31 years) beyond which a timeout is as good as none: a worker's idle timeout
+# becomes a kernel socket timeout, whose integer seconds cannot hold every float (inf least).
 _NEVER: Final = 1e9
 
 
