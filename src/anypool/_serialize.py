@@ -7,6 +7,7 @@ unpickler. This module is imported by workers too: it must stay free of anyio an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import pickle
@@ -355,13 +356,9 @@ def load_error(payload: bytes | bytearray) -> BaseException:
     report: ErrorReport = loads(payload)
     error: BaseException | None = None
     if report.exception is not None:
-        try:
-            error = loads(report.exception)
-        except KeyboardInterrupt:
-            raise
-        # BaseException: a __reduce__ may raise SystemExit here too; never the caller's own.
-        except BaseException:
-            error = None
+        # A __reduce__ may raise SystemExit here too: the exception then arrives as RemoteError.
+        with contextlib.suppress(SerializationError):
+            error = load_value(report.exception, "an exception")
     if not isinstance(error, Exception):
         error = RemoteError(report.type_name, report.message, report.traceback)
     if report.cause is not None:

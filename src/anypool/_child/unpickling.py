@@ -133,6 +133,7 @@ class _Node:
 _MARK = object()
 _CONTAINERS = {"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "LIST", "DICT"}
 _ADDERS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS"}
+_KEYED = {"SETITEM", "SETITEMS", "DICT"}  # their items alternate key, value
 
 
 def _structure(data: bytes | bytearray | memoryview) -> _Node:
@@ -155,7 +156,7 @@ def _structure(data: bytes | bytearray | memoryview) -> _Node:
             below = before.index(pickletools.markobject)
         else:
             items, below = [], len(before)
-        taken = stack[len(stack) - below :] if below else []
+        taken = stack[len(stack) - below :]
         del stack[len(stack) - below :]
         taken += items
         if name.endswith("GET"):
@@ -175,7 +176,7 @@ def _structure(data: bytes | bytearray | memoryview) -> _Node:
                 if isinstance(argument, str):
                     node.value = argument
             node.last = index
-            if name.endswith("ITEM") or name.endswith("ITEMS") or name == "DICT":
+            if name in _KEYED:
                 node.key += [key.value for key in added[::2]]
                 node.children += added[1::2]
             else:
