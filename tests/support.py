@@ -23,8 +23,8 @@ import uvloop
 
 import anypool
 import workers
-from anypool._channel import MessageChannel
-from anypool._worker import WorkerHandle
+from anypool.backends.local.handle import WorkerHandle
+from anypool.backends.local.transport import MessageChannel
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,9 +17,9 @@ import pytest
 
 import anypool
 import workers
-from anypool import _protocol as protocol
-from anypool._child.pipe import Pipe
-from anypool._child.worker import _run
+from anypool.backends.local import wire
+from anypool.backends.local.child.pipe import Pipe
+from anypool.backends.local.child.worker import _run
 from support import gone, stand_in_worker, wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -62,7 +62,7 @@ def _answer_one_then_retire(connection: multiprocessing.connection.Connection) -
     pipe.send(*_run(message[1]))
     pipe.receive()
     pipe.receive()
-    pipe.send(protocol.RETIRING, b"")
+    pipe.send(wire.RETIRING, b"")
 
 
 async def test_chunks_queued_for_a_worker_that_retires_run_on_a_new_one() -> None:

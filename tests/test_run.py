@@ -14,9 +14,9 @@ import pytest
 import sniffio
 
 import anypool
-import anypool._channel
+import anypool.backends.local.transport
 import workers
-from anypool import _protocol as protocol
+from anypool.backends.local import framing, wire
 from support import (
     descendants,
     gone,
@@ -97,7 +97,7 @@ async def test_each_call_reads_its_workers_pipe_once(monkeypatch: pytest.MonkeyP
     # still unread after the task that then read it; that task has sent its next call and
     # waits again by then, and the stale callback must not wake it for an empty read.
     reads = 0
-    receive_into = anypool._channel.receive_into
+    receive_into = anypool.backends.local.transport.receive_into
 
     def counted(*args: Any) -> int:
         nonlocal reads
@@ -106,7 +106,7 @@ async def test_each_call_reads_its_workers_pipe_once(monkeypatch: pytest.MonkeyP
 
     async with anypool.Pool(1) as pool:
         await pool.run(workers.current_pid)
-        monkeypatch.setattr(anypool._channel, "receive_into", counted)
+        monkeypatch.setattr(anypool.backends.local.transport, "receive_into", counted)
         for _ in range(50):
             await pool.run(workers.current_pid)
         assert reads == 50
@@ -412,7 +412,7 @@ def _retire_on_first_message(connection: multiprocessing.connection.Connection) 
     # its retirement instead of answering, then exits, leaving the call unread.
     fd = connection.fileno()
     os.read(fd, 1)
-    os.write(fd, protocol.HEADER.pack(protocol.RETIRING, 0))
+    os.write(fd, framing.HEADER.pack(wire.RETIRING, 0))
 
 
 async def test_call_that_reaches_a_worker_as_it_retires_runs_on_a_new_worker() -> None:

@@ -18,13 +18,14 @@ import numpy
 import pytest
 
 import anypool
-from anypool import _protocol as protocol
+from anypool import _serialize
+from anypool.backends.local import framing, wire
 from support import open_fds, read_pid
 
 pytestmark = pytest.mark.anyio
 
 # Larger than the threshold above which buffers leave the pipe.
-BIG = 4 * protocol.OUT_OF_BAND_MIN // 8
+BIG = 4 * _serialize.OUT_OF_BAND_MIN // 8
 
 
 def shared_mappings() -> int:
@@ -159,7 +160,7 @@ async def test_a_forked_worker_does_not_take_the_parents_spare_shared_memory() -
 async def test_read_only_arrays_stay_read_only_and_bytearrays_stay_bytearrays() -> None:
     frozen = numpy.zeros(BIG)
     frozen.flags.writeable = False
-    data = bytearray(os.urandom(2 * protocol.OUT_OF_BAND_MIN))
+    data = bytearray(os.urandom(2 * _serialize.OUT_OF_BAND_MIN))
     async with anypool.Pool(1) as pool:
         result = await pool.run(identity, frozen)
         assert not result.flags.writeable
@@ -241,14 +242,14 @@ async def test_a_cancelled_call_with_a_large_argument_leaves_no_shared_memory(
 
 
 def test_shared_memory_is_readable_by_this_user_only() -> None:
-    payload = protocol.OutOfBand(b"pickle", [memoryview(bytes(protocol.OUT_OF_BAND_MIN))])
-    _, _, fds = protocol.encode_frame(protocol.RESULT, payload)
+    payload = _serialize.OutOfBand(b"pickle", [memoryview(bytes(_serialize.OUT_OF_BAND_MIN))])
+    _, _, fds = framing.encode_frame(wire.RESULT, payload)
     try:
         assert len(fds) == 1
         status = os.fstat(fds[0])
         assert status.st_mode & 0o777 == 0o600
         assert status.st_uid == os.getuid()
-        assert status.st_size == protocol.OUT_OF_BAND_MIN
+        assert status.st_size == _serialize.OUT_OF_BAND_MIN
         # Anonymous: nothing on the filesystem names it.
         assert os.readlink(f"/proc/self/fd/{fds[0]}").startswith("/memfd:anypool")
     finally:
@@ -261,7 +262,7 @@ def large_bytes_pair(data: bytes) -> tuple[bytes, bytes]:
 
 
 async def test_large_bytes_arguments_and_results_arrive_as_bytes() -> None:
-    data = os.urandom(2 * protocol.OUT_OF_BAND_MIN)
+    data = os.urandom(2 * _serialize.OUT_OF_BAND_MIN)
     async with anypool.Pool(1) as pool:
         echoed = await pool.run(identity, data)
         pair = await pool.run(large_bytes_pair, data=data)
@@ -274,14 +275,14 @@ async def test_large_bytes_arguments_and_results_arrive_as_bytes() -> None:
 def test_large_bytes_leave_the_pickle_and_small_ones_stay() -> None:
     from anypool._serialize import dumps, dumps_call_arguments, loads
 
-    data = os.urandom(protocol.OUT_OF_BAND_MIN)
+    data = os.urandom(_serialize.OUT_OF_BAND_MIN)
     args = (b"small", data)
     call = dumps_call_arguments((identity, args, {}, "asyncio"), identity, args, {})
-    assert isinstance(call, protocol.OutOfBand)
+    assert isinstance(call, _serialize.OutOfBand)
     assert len(call.buffers) == 1
     assert len(call.data) < 1024
     assert loads(call) == (identity, (b"small", data), {}, "asyncio")
     result = dumps((data, 1), out_of_band=True)
-    assert isinstance(result, protocol.OutOfBand)
+    assert isinstance(result, _serialize.OutOfBand)
     assert loads(result) == (data, 1)
     assert type(dumps(b"small", out_of_band=True)) is bytes

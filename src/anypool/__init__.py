@@ -25,11 +25,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._child.duplex import AsyncChannelEnd, ChannelEnd
-    from ._child.queue import WorkerQueue
+    from ._channel import Channel
     from ._cpu import cpu_count
     from ._default_pool import run
-    from ._duplex import Channel
     from ._errors import (
         BrokenWorkerError,
         InitializerError,
@@ -42,16 +40,18 @@ if TYPE_CHECKING:
     from ._pool import START_METHODS, CallOptions, Pool, PoolStats
     from ._queue import Queue
     from ._stream import StreamResults
+    from .backends.local.child.duplex import AsyncChannelEnd, ChannelEnd
+    from .backends.local.child.queue import WorkerQueue
 else:
-    # Workers import anypool._child, which must not pull anyio in: the public names are loaded
-    # on first use instead of here.
+    # Workers import anypool.backends.local.child, which must not pull anyio in: the public
+    # names are loaded on first use instead of here.
     import importlib
 
     _HOMES = {
-        "AsyncChannelEnd": "._child.duplex",
-        "ChannelEnd": "._child.duplex",
-        "Channel": "._duplex",
-        "WorkerQueue": "._child.queue",
+        "AsyncChannelEnd": ".backends.local.child.duplex",
+        "ChannelEnd": ".backends.local.child.duplex",
+        "Channel": "._channel",
+        "WorkerQueue": ".backends.local.child.queue",
         "Queue": "._queue",
         "cpu_count": "._cpu",
         "run": "._default_pool",

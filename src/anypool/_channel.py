@@ -1,321 +1,392 @@
-"""Framed messages over the parent's end of a worker's pipe, awaited from any event loop.
-
-The descriptor is non-blocking and waited on by the event loop itself: no thread and no polling,
-so a message is seen the moment the worker writes it.
-"""
+"""``pool.open_channel``: a function running in a worker, and a two-way channel to it."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import select
-import socket
-import sys
-from typing import Any
+import signal
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
+import anyio.abc
 
-from ._eventloop import Wakeup, spawn_detached
-from ._protocol import (
-    FrameReader,
-    Payload,
-    close_all,
-    encode_frame,
-    receive_into,
-    send_frame,
-    unsent,
-)
+from ._errors import BrokenWorkerError, PoolClosedError, SerializationError
+from ._eventloop import current_library, spawn_detached
+from ._serialize import Payload, describe, dumps_call_arguments, dumps_item, load_error, load_result
+from .backends.local import wire as protocol
+from .backends.local.transport import ChannelClosed
 
-__all__ = ["ChannelClosed", "MessageChannel"]
+if TYPE_CHECKING:
+    from ._pool import CallOptions, _PoolCore
+    from .backends.local.handle import WorkerHandle
 
-# What poll() reports once the worker's end is gone: closed, or reset because the worker exited
-# with a message of ours unread.
-_PEER_GONE = select.POLLHUP | select.POLLERR
+__all__ = ["Channel"]
 
 
-class ChannelClosed(Exception):
-    """The other end closed the pipe (the worker exited), or this end was closed."""
+class Channel(anyio.abc.ObjectStream[Any]):
+    """The parent's end of a channel to a function running in a worker, from
+    :meth:`Pool.open_channel`: an anyio object stream.
 
+    ``await send(item)`` waits while the function has ``buffer`` items it did not ``recv`` yet;
+    ``await receive()`` (or ``async for``) returns what the function sends, and signals the end
+    (``anyio.EndOfStream``) once the function returned, or raises what it raised.
+    :meth:`send_eof` ends the function's ``recv`` loop; :meth:`result` waits for its return value.
 
-class MessageChannel:
-    """Send and receive frames over one non-blocking pipe descriptor.
-
-    One task at a time may receive (the pool gives a worker to one call at a time); sends from
-    several tasks are written one frame after the other.
+    Any task may use the channel; receiving, sending and closing are safe from several at once.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_fd",
-        "_poller",
-        "_read_first",
-        "_reader",
-        "_selector_loop",
-        "_sending",
-        "_socket",
-        "_stale_possible",
-        "_waiter",
-        "_watched_by",
-        "cut_short",
-    )
+    def __init__(
+        self,
+        core: _PoolCore,
+        options: CallOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._core = core
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self._buffer = options.buffer
+        self._worker: WorkerHandle | None = None
+        self._payload: Payload = b""
+        # The function's items that were read and not received yet: at most ``buffer``.
+        self._inbox: deque[Payload | bytearray] = deque()
+        self._credit = 0  # items we may send; the function grants them once it started
+        self._taken = 0  # items received that the function was not told of
+        self._ack_batch = max(1, self._buffer // 2)
+        # Set and replaced each time the reader task made progress.
+        self._progress: anyio.Event | None = None
+        self._eof_sent = False
+        self._closing = False  # aclose() or a kill began: the function's outcome is dropped
+        self._killing = False
+        self._broken = False
+        # Sends under way; a worker is given back to the pool only once none is left.
+        self._writing = 0
+        self._release_pending = False
+        self._ended = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._error_seen = False
 
-    def __init__(self, fd: int) -> None:
-        """Take ``fd``, one end of a socket pair; the channel closes it."""
-        # A socket object for sendmsg/recvmsg, which carry shared memory's descriptors.
-        self._socket = socket.socket(fileno=fd)
-        self._socket.setblocking(False)
-        self._fd = fd
-        self._reader = FrameReader()
-        self._poller = select.poll()
-        self._poller.register(fd, select.POLLIN)
-        # asyncio only: the loop our descriptor is registered with, and the future to wake.
-        self._watched_by: asyncio.AbstractEventLoop | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        # Whether that loop is one of the standard library's (see _watch), and whether a task
-        # has read since it last called us.
-        self._selector_loop = False
-        self._stale_possible = False
-        # Whether to read what arrived before waking the waiter (see set_when_more_arrives).
-        self._read_first = False
-        # Set while a frame waits to be written in full: other frames wait for it.
-        self._sending: anyio.Event | None = None
-        self.cut_short = False
-        """Whether a send was cancelled part-way through a frame."""
+    # --- the stream ----------------------------------------------------------------------------
 
-    @property
-    def fileno(self) -> int:
-        """The descriptor, or -1 once closed."""
-        return self._fd
-
-    def close(self) -> None:
-        """Close this end; the worker sees end-of-file. Idempotent."""
-        if self._fd >= 0:
-            self._unwatch()
-            self._fd = -1
-            self._socket.close()
-            self._reader.close()
-
-    def forget_after_fork(self) -> None:
-        """In a process forked from this one: close this end without touching the event loop,
-        which belongs to the parent."""
-        if self._fd >= 0:
-            self._fd = -1
-            os.close(self._socket.detach())
-            self._reader.close()
-
-    async def send(self, kind: int, payload: Payload, *, whole: bool = False) -> None:
-        """Send one frame. Frames sent by concurrent tasks go one after the other. With
-        ``whole``, a cancellation stops the send only before its first byte: once begun, the
-        frame is written in full.
+    async def send(self, item: Any) -> None:
+        """Send ``item`` to the function, waiting while it has ``buffer`` items to take.
 
         Raises:
-            ChannelClosed: the worker's end is gone, or an earlier send was cancelled part-way
-                through its frame (what follows could not be read as frames any more).
+            anyio.ClosedResourceError: this side was closed (:meth:`send_eof`, :meth:`aclose`).
+            anyio.BrokenResourceError: the function returned; it takes no more items.
+            Exception: what the function raised, if it raised.
+            BrokenWorkerError: the worker died.
+            SerializationError: ``item`` cannot be pickled.
         """
-        while self._sending is not None:
-            await self._sending.wait()
-        if self.cut_short:
-            raise ChannelClosed
-        parts, total, fds = encode_frame(kind, payload)
+        self._check_entered()
+        if self._eof_sent:
+            raise anyio.ClosedResourceError
+        if self._ended or self._closing:
+            self._raise_end(receiving=False)
+        payload = dumps_item(item, f"sent on the channel to {describe(self._fn)}", out_of_band=True)
+        await self._wait_until(lambda: self._credit > 0)
+        if self._ended or self._closing:
+            self._raise_end(receiving=False)
+        self._credit -= 1
         try:
-            # Usually one syscall writes the whole frame and we never wait.
-            sent = self._write(parts, 0, fds)
-            if sent < total:
-                self._sending = anyio.Event()
-                await self._write_rest(parts, sent, total, fds, whole=whole)
-        finally:
-            # Sent with the first byte (the worker holds them now), or not sent at all.
-            close_all(fds)
-
-    def send_nowait(self, kind: int, payload: bytes) -> bool:
-        """Send one frame without waiting, if the pipe takes its first byte now; ``False``
-        if it took nothing (the frame was not sent). The rest of a frame begun, a task of its
-        own writes in full before any later frame. If the worker's end is gone, the frame is
-        lost, as the reader of the pipe finds out."""
-        if self._sending is not None or self.cut_short:
-            return False
-        parts, total, _ = encode_frame(kind, payload)
-        try:
-            sent = self._write(parts, 0, [])
-        except ChannelClosed:
-            return True
-        if sent == 0 or sent == total:
-            return sent == total
-        # Claimed now, before the task runs: a later frame waits for this one.
-        self._sending = anyio.Event()
-
-        async def write_the_rest() -> None:
-            # Nobody awaits this task. If the pipe closes or the event loop ends first, what
-            # follows cannot be sent (cut_short), and the reader of the pipe finds out.
-            with contextlib.suppress(BaseException):
-                await self._write_rest(parts, sent, total, [], whole=True)
-
-        spawn_detached(write_the_rest)
-        return True
-
-    async def _write_rest(
-        self, parts: list[bytes], sent: int, total: int, fds: list[int], *, whole: bool
-    ) -> None:
-        """Write the frame ``parts`` past ``sent``, once ``_sending`` is claimed for it
-        (released here); with ``whole``, shielded from cancellation once begun."""
-        sending = self._sending
-        assert sending is not None
-        try:
-            with anyio.CancelScope() as scope:
-                while sent < total:
-                    scope.shield = whole and sent > 0
-                    await anyio.wait_writable(self._fd)
-                    sent += self._write(parts, sent, fds)
+            await self._write(protocol.ITEM, payload)
         except BaseException:
-            # What follows could not be read as frames any more.
-            self.cut_short = sent > 0
+            self._credit += 1
+            raise
+
+    async def receive(self) -> Any:
+        """The next item the function sent, waiting for it.
+
+        Raises:
+            anyio.EndOfStream: the function returned (its value: :meth:`result`).
+            Exception: what the function raised, after the items it sent before.
+            BrokenWorkerError: the worker died.
+            anyio.ClosedResourceError: this side was closed (:meth:`aclose`).
+        """
+        self._check_entered()
+        if self._taken >= self._ack_batch and not (self._ended or self._closing):
+            await self._acknowledge()
+        await self._wait_until(lambda: self._inbox)
+        if self._closing or not self._inbox:
+            self._raise_end(receiving=True)
+        self._taken += 1
+        return load_result(self._inbox.popleft(), self._fn)
+
+    async def send_eof(self) -> None:
+        """Tell the function that nothing more will be sent: its ``recv`` raises ``EOFError``
+        and its iteration ends, once it took what was sent before. Idempotent."""
+        self._check_entered()
+        if not (self._eof_sent or self._ended or self._closing):
+            await self._write(protocol.EOF, b"")
+            self._eof_sent = True
+
+    async def result(self) -> Any:
+        """Wait for the function to return, and return what it returned. Items it sends
+        meanwhile that were not received are dropped.
+
+        Raises:
+            Exception: what the function raised.
+            BrokenWorkerError: the worker died.
+            anyio.ClosedResourceError: the channel was closed first.
+        """
+        self._check_entered()
+        while not self._ended:
+            await self._wait_until(lambda: self._inbox)
+            if self._inbox and not self._ended:
+                self._taken += len(self._inbox)
+                self._inbox.clear()
+                await self._acknowledge()
+        self._inbox.clear()
+        if self._closing or self._broken or self._error is not None:
+            self._raise_end(receiving=False)
+        return self._value
+
+    async def aclose(self) -> None:
+        """Close the channel: the function's ``recv`` raises ``EOFError`` and its ``send``
+        ``BrokenPipeError``. If it has not returned within ``kill_grace`` seconds, its worker is
+        killed. Items not received are dropped. Idempotent; shielded from cancellation."""
+        if self._worker is None or self._closing:
+            self._closing = True
+            return
+        self._closing = True
+        self._inbox.clear()
+        with anyio.CancelScope(shield=True):
+            if not self._ended:
+                with anyio.move_on_after(self._core.kill_grace):
+                    # Refused when the worker is gone, or was killed: its end comes all the same.
+                    with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        await self._write(protocol.CLOSE, b"")
+                    await self._wait_until(lambda: False)
+                # It had kill_grace to return after the close: no second grace for SIGTERM.
+                await self._kill(at_once=True)
+
+    async def __aenter__(self) -> Channel:
+        """Start the function in a worker."""
+        if self._progress is not None:
+            raise RuntimeError("this channel was already opened")
+        core = self._core
+        core.check_open()
+        self._progress = anyio.Event()
+        call = (self._fn, self._args, self._kwargs, current_library(), self._buffer)
+        self._payload = dumps_call_arguments(call, self._fn, self._args, self._kwargs)
+        self._worker = await core.open_session(protocol.OPEN, self._payload)
+        spawn_detached(self._read)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Leaving with an exception (a cancellation too) kills the worker, as for
+        :meth:`Pool.run`; leaving normally is :meth:`aclose`, then raises the function's
+        exception if it raised one that nobody received."""
+        if exc_type is not None:
+            with anyio.CancelScope(shield=True):
+                self._closing = True
+                await self._kill()
+            return
+        await self.aclose()
+        if self._error is not None and not self._error_seen:
+            self._error_seen = True
+            raise self._error
+
+    def __repr__(self) -> str:
+        state = "ended" if self._ended else "closed" if self._closing else "open"
+        return f"<anypool.Channel to {describe(self._fn)} {state}>"
+
+    # --- the worker's messages -----------------------------------------------------------------
+
+    async def _wait_until(self, ready: Callable[[], object]) -> None:
+        """Wait until ``ready()`` or the function's end, as the reader makes progress."""
+        while not (ready() or self._ended):
+            assert self._progress is not None
+            await self._progress.wait()
+
+    async def _read(self) -> None:
+        """Read the worker's messages until the function ends. Runs in a task of its own for
+        as long as the channel is open: the worker's queue requests are answered even while
+        nobody uses the channel."""
+        try:
+            while not self._ended:
+                await self._read_one()
+                progress, self._progress = self._progress, anyio.Event()
+                assert progress is not None
+                progress.set()
+        except BaseException:
+            # The event loop is ending under an open channel: nobody will wait for it.
+            with anyio.CancelScope(shield=True):
+                self._killing = self._closing = True
+                worker = self._worker
+                assert worker is not None
+                if not self._ended:
+                    await self._core.stop_busy(worker, terminate=True)
+                    self._end()
+        finally:
+            progress, self._progress = self._progress, anyio.Event()
+            assert progress is not None
+            progress.set()
+
+    async def _read_one(self) -> None:
+        worker = self._worker
+        assert worker is not None
+        try:
+            kind, body = await worker.receive()
+        except ChannelClosed:
+            with anyio.CancelScope(shield=True):
+                await self._worker_gone(worker)
+            return
+        if kind == protocol.ITEM:
+            if not self._closing:
+                self._inbox.append(body)
+        elif kind == protocol.CREDIT:
+            self._credit += protocol.COUNT.unpack(body)[0]
+        elif kind == protocol.RETIRING:
+            with anyio.CancelScope(shield=True):
+                await self._restart(worker)
+        elif kind == protocol.INIT_FAILED:
+            self._end(error=await self._core.initializer_failed(worker, body))
+        else:
+            if self._killing:
+                # Too late: it is being killed.
+                with anyio.CancelScope(shield=True):
+                    await self._core.stop_busy(worker, terminate=True)
+            elif self._writing:
+                # A send of ours is under way: the next call must not get its message.
+                self._release_pending = True
+            else:
+                self._release(worker)
+            if kind == protocol.ERROR:
+                self._end(error=load_error(body))
+            else:
+                try:
+                    self._end(value=load_result(body, self._fn))
+                except SerializationError as error:
+                    self._end(error=error)
+
+    async def _restart(self, worker: WorkerHandle) -> None:
+        """The worker retired before it read the OPEN: start the function on another one.
+        (Nothing but OPEN, EOF and CLOSE is sent before the function starts.)"""
+        self._worker = worker = await self._core.replace_retired(worker)
+        await worker.channel.send(protocol.OPEN, self._payload)
+        if self._eof_sent:
+            await worker.channel.send(protocol.EOF, b"")
+        if self._closing:
+            await worker.channel.send(protocol.CLOSE, b"")
+
+    async def _worker_gone(self, worker: WorkerHandle) -> None:
+        exitcode = await self._core.stop_busy(worker, terminate=False)
+        if self._killing:
+            self._end()
+        elif self._core.terminated:
+            self._end(
+                error=PoolClosedError(
+                    f"the pool was terminated during the channel to {describe(self._fn)}"
+                )
+            )
+        else:
+            self._end(
+                error=BrokenWorkerError(
+                    worker.pid,
+                    exitcode,
+                    f"the channel to {describe(self._fn)}",
+                    first_call=worker.calls == 0,
+                )
+            )
+
+    def _end(self, *, value: Any = None, error: BaseException | None = None) -> None:
+        # After the parent closed the channel, the function reports only errors of its own:
+        # keep them, to raise where the channel's block ends.
+        self._ended = True
+        self._value, self._error = value, error
+        self._core.end_session(failed=None if self._killing else error is not None)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    async def _acknowledge(self) -> None:
+        """Tell the function of the items taken, so that it may send as many more."""
+        # Counted out before the write: another task receiving meanwhile must not send them too.
+        count, self._taken = self._taken, 0
+        try:
+            await self._write(protocol.CREDIT, protocol.COUNT.pack(count))
+        except BaseException:
+            self._taken += count
+            raise
+
+    def _release(self, worker: WorkerHandle) -> None:
+        worker.calls += 1
+        self._core.release(worker)
+
+    async def _write(self, kind: int, payload: Payload) -> None:
+        worker = self._worker
+        assert worker is not None
+        self._writing += 1
+        try:
+            await worker.channel.send(kind, payload)
+        except ChannelClosed:
+            if worker.channel.cut_short:
+                self._broken = True
+                with anyio.CancelScope(shield=True):
+                    await self._kill()
+                raise anyio.BrokenResourceError(
+                    "the channel broke: a send was cancelled part-way through a message"
+                ) from None
+            # The worker is gone: its end says why.
+            with anyio.CancelScope(shield=True):
+                await self._wait_until(lambda: False)
+            self._raise_end(receiving=False)
+        except BaseException:
+            if worker.channel.cut_short:
+                # What follows a partial message cannot be read: the channel is over.
+                self._broken = True
+                with anyio.CancelScope(shield=True):
+                    await self._kill()
             raise
         finally:
-            self._sending = None
-            sending.set()
+            self._writing -= 1
+            if self._release_pending and not self._writing:
+                self._release_pending = False
+                self._release(worker)
 
-    def _write(self, parts: list[bytes], sent: int, fds: list[int]) -> int:
-        if self._fd < 0:
-            raise ChannelClosed
-        try:
-            if sent:
-                return self._socket.send(unsent(parts, sent))
-            return send_frame(self._socket, parts, fds)
-        except BlockingIOError:
-            return 0
-        except (BrokenPipeError, ConnectionResetError, OSError) as error:
-            raise ChannelClosed from error
-
-    async def receive(self) -> tuple[int, Any]:
-        """Wait for the next frame: its kind and its payload (see ``FrameReader.next_frame``).
-
-        Raises:
-            ChannelClosed: the worker's end was closed (the worker exited) first.
-        """
-        while (frame := self._next_frame()) is None:
-            # Wait before reading: a frame we still lack has rarely arrived already, and an
-            # empty read costs a syscall and an exception.
-            loop = asyncio._get_running_loop()
-            if loop is None:
-                # trio's own: anyio's looks the backend up first, on every message.
-                await sys.modules["trio"].lowlevel.wait_readable(self._fd)
-            else:
-                await self._wait_readable_on(loop)
-            self._read_in_task()
-        return frame
-
-    def set_when_more_arrives(self, wakeup: Wakeup, kind: int) -> None:
-        """Set ``wakeup``, for a task that will read a frame of ``kind`` and then wait for the
-        next frame. If nothing but that frame has arrived, on asyncio the task is woken only
-        once more arrives, and what arrived is read for it: it wakes once, not twice."""
-        loop = asyncio._get_running_loop()
-        if (
-            loop is None
-            or self._fd < 0
-            or self._waiter is not None
-            or not self._reader.holds_at_most(kind)
-        ):
-            wakeup.set()
+    async def _kill(self, *, at_once: bool = False) -> None:
+        """Kill the worker unless the function ended: SIGTERM, then SIGKILL after
+        ``kill_grace`` (SIGKILL at once if ``at_once``); return once it is reaped."""
+        if self._ended:
             return
-        self._watch(loop)
-        self._waiter = wakeup.set_asleep()
-        self._read_first = True
+        worker = self._worker
+        assert worker is not None
+        self._killing = self._closing = True
+        if not at_once:
+            worker.signal(signal.SIGTERM)
+            with anyio.move_on_after(self._core.kill_grace):
+                await self._wait_until(lambda: False)
+        if not self._ended:
+            worker.signal(signal.SIGKILL)
+            await self._wait_until(lambda: False)
 
-    async def _wait_readable_on(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._watch(loop)
-        self._waiter = waiter = loop.create_future()
-        self._read_first = False
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+    def _raise_end(self, *, receiving: bool) -> NoReturn:
+        if self._broken:
+            raise anyio.BrokenResourceError(
+                "the channel broke: a send was cancelled part-way through a message"
+            )
+        if self._closing:
+            raise anyio.ClosedResourceError
+        if self._error is not None:
+            self._error_seen = True
+            raise self._error
+        if receiving:
+            raise anyio.EndOfStream
+        raise anyio.BrokenResourceError(f"{describe(self._fn)} returned: it takes no more items")
 
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        # anyio.wait_readable registers the descriptor with the loop and removes it again on every
-        # wait: two epoll_ctl calls and several objects per message. Instead the descriptor stays
-        # registered while messages flow, and the reader callback just wakes the waiting task.
-        if self._watched_by is not loop:
-            self._unwatch()
-            loop.add_reader(self._fd, self._on_readable)
-            self._watched_by = loop
-            # uvloop stops watching a descriptor for good once poll reports an error on it: one
-            # last callback, then none, though the frames read on that callback may not include
-            # the end-of-file. The standard library's loops keep watching; other loops might not.
-            # But they run the callbacks of a select() after the tasks woken before it: a task
-            # woken by our callback reads the frame, sends its next call and waits again, and
-            # only then does the loop call us for the select() that saw that frame still unread.
-            # That call must not wake the new wait for nothing.
-            self._selector_loop = isinstance(loop, asyncio.SelectorEventLoop)
+    def _check_entered(self) -> None:
+        if self._progress is None:
+            raise RuntimeError("use the channel as `async with pool.open_channel(...) as channel`")
 
-    def _on_readable(self) -> None:
-        if self._stale_possible:
-            self._stale_possible = False
-            # Called for what a task has read since, unless more has arrived.
-            if not self._poller.poll(0):
-                return
-        waiter = self._waiter
-        if waiter is not None and self._read_first:
-            # The task left asleep by set_when_more_arrives, who may be gone (cancelled).
-            self._waiter, self._read_first = None, False
-            # An end-of-file or a reset is met again by the task's own read.
-            with contextlib.suppress(ChannelClosed):
-                self._read()
-        if waiter is not None:
-            if not waiter.done():
-                waiter.set_result(None)
-            if not self._selector_loop and self._peer_gone():
-                # Watch afresh on the next wait, which then hears at once of what is left.
-                self._unwatch()
-        elif self._poller.poll(0):
-            # Readable with nobody waiting: an idle worker retired or died. The loop would call
-            # us again on every iteration until someone reads, so stop watching until then.
-            # (Without poll() we would also stop on the stale callback that the loop queues
-            # when the woken task has not yet read the frame that woke it.)
-            self._unwatch()
 
-    def _peer_gone(self) -> bool:
-        ready = self._poller.poll(0)
-        return bool(ready) and bool(ready[0][1] & _PEER_GONE)
-
-    def _unwatch(self) -> None:
-        loop, self._watched_by = self._watched_by, None
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(self._fd)
-
-    def receive_nowait(self) -> tuple[int, Any] | None:
-        """A frame that has already arrived in full, else ``None``.
-
-        Raises:
-            ChannelClosed: the worker's end was closed.
-        """
-        frame = self._next_frame()
-        # poll() first: it costs a third of a read that fails with EAGAIN.
-        if frame is None and (self._fd < 0 or self._poller.poll(0)):
-            self._read_in_task()
-            frame = self._next_frame()
-        return frame
-
-    def _next_frame(self) -> tuple[int, Any] | None:
-        try:
-            return self._reader.next_frame()
-        except OSError as error:  # its shared memory is missing or cannot be mapped
-            raise ChannelClosed from error
-
-    def _read_in_task(self) -> None:
-        """Read what has arrived, from a task (not the loop's callback)."""
-        self._stale_possible = self._selector_loop and self._watched_by is not None
-        self._read()
-
-    def _read(self) -> None:
-        """Read what has arrived, if anything."""
-        if self._fd < 0:
-            raise ChannelClosed
-        try:
-            count = receive_into(self._socket, self._reader)
-        except BlockingIOError:
-            return
-        except (ConnectionResetError, OSError) as error:
-            raise ChannelClosed from error
-        if count == 0:
-            raise ChannelClosed
+Channel.__module__ = "anypool"

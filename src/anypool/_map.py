@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import anyio
 
-from . import _protocol as protocol
 from ._arguments import check_callable, check_count, check_flag, check_iterable
-from ._channel import ChannelClosed
-from ._child.worker import apply_to_chunk
 from ._eventloop import checkpoint, current_library, spawn_detached
 from ._results import ResultIterator
 from ._serialize import dumps_call_arguments, load_error, load_result
+from .backends.local import wire as protocol
+from .backends.local.child.worker import apply_to_chunk
+from .backends.local.transport import ChannelClosed
 
 if TYPE_CHECKING:
     from ._pool import CallOptions, _PoolCore
-    from ._protocol import Payload
-    from ._worker import WorkerHandle
+    from ._serialize import Payload
+    from .backends.local.handle import WorkerHandle
 
 __all__ = ["MapResults"]
 

@@ -25,7 +25,6 @@ from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar, overloa
 import anyio
 import anyio.to_thread
 
-from . import _protocol as protocol
 from ._arguments import (
     check_callable,
     check_count,
@@ -33,17 +32,18 @@ from ._arguments import (
     check_seconds,
     check_timeout,
 )
-from ._channel import ChannelClosed
-from ._child.duplex import AsyncChannelEnd, ChannelEnd
+from ._channel import Channel
 from ._cpu import cpu_count
-from ._duplex import Channel
 from ._errors import BrokenWorkerError, InitializerError, PoolClosedError
 from ._eventloop import Wakeup, checkpoint_if_cancelled, current_library, spawn_detached
 from ._map import MapResults
-from ._protocol import Payload
-from ._serialize import describe, dumps, dumps_call_arguments, load_error, load_result
+from ._serialize import Payload, describe, dumps, dumps_call_arguments, load_error, load_result
 from ._stream import StreamResults
-from ._worker import CAN_PAUSE, WorkerHandle
+from .backends.local import shared_memory
+from .backends.local import wire as protocol
+from .backends.local.child.duplex import AsyncChannelEnd, ChannelEnd
+from .backends.local.handle import CAN_PAUSE, WorkerHandle
+from .backends.local.transport import ChannelClosed
 
 __all__ = ["START_METHODS", "CallOptions", "Pool", "PoolStats"]
 
@@ -53,8 +53,8 @@ T = TypeVar("T")
 START_METHODS: Final = ("forkserver", "spawn", "fork")
 """The start methods a pool accepts, as in :mod:`multiprocessing`."""
 
-_WORKER_MODULE: Final = "anypool._child.worker"
-_PRELOAD_MODULE: Final = "anypool._child.preload"
+_WORKER_MODULE: Final = "anypool.backends.local.child.worker"
+_PRELOAD_MODULE: Final = "anypool.backends.local.child.preload"
 
 FIRST_START_DELAY: Final = 0.1
 """Seconds a new worker waits to start after one whose initializer raised."""
@@ -193,8 +193,10 @@ class _PoolCore:
         _live_pools.add(self)
         # Large results come in shared memory that is worth reusing while the pool is open.
         # Called once the workers are gone, or when the pool is collected (whichever first).
-        protocol.keep_spare_files(True)
-        self.stop_keeping_spare_files = weakref.finalize(self, protocol.keep_spare_files, False)
+        shared_memory.keep_spare_files(True)
+        self.stop_keeping_spare_files = weakref.finalize(
+            self, shared_memory.keep_spare_files, False
+        )
         self.stop_keeping_spare_files.atexit = False
 
     # --- admission -------------------------------------------------------------------------

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
-from . import _protocol as protocol
-from ._child.queue import WorkerQueue
 from ._serialize import dumps_item, load_value
+from .backends.local import wire as protocol
+from .backends.local.child.queue import WorkerQueue
 
 if TYPE_CHECKING:
-    from ._worker import WorkerHandle
+    from .backends.local.handle import WorkerHandle
 
 __all__ = ["Queue", "serve_request"]
 

@@ -15,14 +15,18 @@ import sys
 import types
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, overload
+from typing import Any, ClassVar, Final, NamedTuple, overload
 
 import cloudpickle
 
 from ._errors import RemoteError, RemoteTraceback, SerializationError
-from ._protocol import MAX_BUFFERS, OUT_OF_BAND_MIN, ErrorReport, OutOfBand, Payload
 
 __all__ = [
+    "MAX_BUFFERS",
+    "OUT_OF_BAND_MIN",
+    "ErrorReport",
+    "OutOfBand",
+    "Payload",
     "describe",
     "dumps",
     "dumps_call_arguments",
@@ -35,6 +39,48 @@ __all__ = [
 ]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+OUT_OF_BAND_MIN: Final = 512 * 1024
+"""Buffers of at least this many bytes go through shared memory: below it, the pipe is faster."""
+MAX_BUFFERS: Final = 64
+"""The most shared-memory descriptors one frame carries; further buffers go in band."""
+
+
+class OutOfBand:
+    """A pickle whose large buffers travel apart from it.
+
+    On the way out, ``buffers`` are views of the pickled objects' memory; on the way in, the
+    shared-memory mappings that hold it, which the unpickled objects then use as their own.
+    """
+
+    __slots__ = ("buffers", "data")
+
+    def __init__(self, data: bytes, buffers: list[Any]) -> None:
+        self.data = data
+        self.buffers = buffers
+
+    def __len__(self) -> int:
+        return len(self.data) + sum(memoryview(buffer).nbytes for buffer in self.buffers)
+
+
+Payload = bytes | OutOfBand
+
+
+class ErrorReport(NamedTuple):
+    """An exception raised in a worker, in a form that always reaches the parent.
+
+    ``exception`` holds the pickled exception when it survived a pickle round trip in the worker,
+    else ``None``; the names and the traceback text always arrive, so the parent can fall back to
+    a ``RemoteError`` when the exception itself cannot be rebuilt.
+    """
+
+    exception: bytes | None
+    type_name: str
+    message: str
+    traceback: str
+    cause: bytes | None = None
+    """The report of the exception's ``__cause__``, where that is to be rebuilt as well."""
 
 
 def loads(data: Payload | bytearray) -> Any:

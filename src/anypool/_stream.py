@@ -9,17 +9,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from . import _protocol as protocol
-from ._channel import ChannelClosed
 from ._errors import BrokenWorkerError, PoolClosedError, SerializationError
 from ._eventloop import current_library, spawn_detached
-from ._protocol import Payload
 from ._results import ResultIterator
-from ._serialize import describe, dumps_call_arguments, load_error, load_result
+from ._serialize import Payload, describe, dumps_call_arguments, load_error, load_result
+from .backends.local import wire as protocol
+from .backends.local.transport import ChannelClosed
 
 if TYPE_CHECKING:
     from ._pool import CallOptions, _PoolCore
-    from ._worker import WorkerHandle
+    from .backends.local.handle import WorkerHandle
 
 __all__ = ["StreamResults"]
 

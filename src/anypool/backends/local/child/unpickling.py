@@ -16,9 +16,8 @@ import pickletools
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from .._errors import SerializationError
-from .._protocol import OutOfBand, Payload
-from .._serialize import describe
+from ...._errors import SerializationError
+from ...._serialize import OutOfBand, Payload, describe
 
 __all__ = ["unpickling_error"]
 

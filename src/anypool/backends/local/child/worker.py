@@ -14,9 +14,9 @@ from collections.abc import Coroutine, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .. import _protocol as protocol
-from .._errors import SerializationError
-from .._serialize import describe, dumps, dumps_exception, dumps_item, loads
+from ...._errors import SerializationError
+from ...._serialize import ErrorReport, Payload, describe, dumps, dumps_exception, dumps_item, loads
+from .. import shared_memory, wire
 from .duplex import AsyncChannelEnd, ChannelEnd, ChannelState, run_blocking
 from .lifeline import die_with_parent
 from .pipe import Frame, Pipe
@@ -32,8 +32,8 @@ def main(connection: Connection, config_blob: bytes) -> None:
     _forget_the_parents_event_loop()
     fd = connection.fileno()
     die_with_parent(fd)
-    config: protocol.WorkerConfig = loads(config_blob)
-    protocol.keep_spare_files(True)
+    config: wire.WorkerConfig = loads(config_blob)
+    shared_memory.keep_spare_files(True)
     # BrokenPipeError: the parent closed its end without waiting for us; nobody is left to tell.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         _serve(Pipe(fd, config.idle_timeout), config)
@@ -62,12 +62,12 @@ def _forget_the_parents_event_loop() -> None:
         sniffio.current_async_library_cvar.set(None)
 
 
-def _serve(pipe: Pipe, config: protocol.WorkerConfig) -> None:
+def _serve(pipe: Pipe, config: wire.WorkerConfig) -> None:
     if config.initializer is not None:
         try:
             config.initializer(*config.initargs)
         except BaseException as error:
-            pipe.send(protocol.INIT_FAILED, _report(error))
+            pipe.send(wire.INIT_FAILED, _report(error))
             return
     message: Frame | None = None
     announced = False  # whether STARTED went out for the QUEUED call in ``message``
@@ -78,28 +78,28 @@ def _serve(pipe: Pipe, config: protocol.WorkerConfig) -> None:
                 message = pipe.receive_call()
             except TimeoutError:
                 # Tell the parent before leaving: a call it sends from now on was never started.
-                pipe.send(protocol.RETIRING, b"")
+                pipe.send(wire.RETIRING, b"")
                 return
             if message is None:
                 return
         kind, payload = message
-        if kind == protocol.QUEUED and not announced:
-            number = protocol.COUNT.unpack_from(payload)[0]
+        if kind == wire.QUEUED and not announced:
+            number = wire.COUNT.unpack_from(payload)[0]
             if _dropped(pipe, number, drops):
-                pipe.send(protocol.SKIPPED, protocol.COUNT.pack(number))
+                pipe.send(wire.SKIPPED, wire.COUNT.pack(number))
                 message = None
                 continue
-            pipe.send(protocol.STARTED, protocol.COUNT.pack(number))
+            pipe.send(wire.STARTED, wire.COUNT.pack(number))
         message, announced = None, False
-        if kind == protocol.CALL:
+        if kind == wire.CALL:
             pipe.send(*_run(payload))
-        elif kind == protocol.QUEUED:
-            outcome = _run(payload[protocol.COUNT.size :])
+        elif kind == wire.QUEUED:
+            outcome = _run(payload[wire.COUNT.size :])
             # The parent has more calls than workers: the next may be waiting already.
             message, announced = _send_outcome_announcing_the_next(pipe, outcome, drops)
-        elif kind == protocol.STREAM:
+        elif kind == wire.STREAM:
             _stream(pipe, payload)
-        elif kind == protocol.OPEN:
+        elif kind == wire.OPEN:
             _open(pipe, payload)
         # Otherwise a message for a stream or a channel that had already ended as it was sent,
         # or a DROP that came after its call had started.
@@ -108,7 +108,7 @@ def _serve(pipe: Pipe, config: protocol.WorkerConfig) -> None:
 def _dropped(pipe: Pipe, number: int, drops: set[int]) -> bool:
     """Whether the parent dropped the QUEUED call ``number``, which is about to start; the
     drops of earlier calls are forgotten."""
-    drops.update(protocol.COUNT.unpack(payload)[0] for payload in pipe.take(protocol.DROP))
+    drops.update(wire.COUNT.unpack(payload)[0] for payload in pipe.take(wire.DROP))
     dropped = number in drops
     if drops:
         drops.intersection_update([later for later in drops if later > number])
@@ -116,20 +116,20 @@ def _dropped(pipe: Pipe, number: int, drops: set[int]) -> bool:
 
 
 def _send_outcome_announcing_the_next(
-    pipe: Pipe, outcome: tuple[int, protocol.Payload], drops: set[int]
+    pipe: Pipe, outcome: tuple[int, Payload], drops: set[int]
 ) -> tuple[Frame | None, bool]:
     """Send a call's outcome, and if a QUEUED call has arrived already, whether it starts
     (STARTED) or was dropped (SKIPPED) in the same write: the parent hears of both at once.
     Returns the next message if it has arrived, and whether it was announced."""
     following = pipe.ready()
-    if following is None or following[0] != protocol.QUEUED:
+    if following is None or following[0] != wire.QUEUED:
         pipe.send(*outcome)
         return following, False
-    number = protocol.COUNT.unpack_from(following[1])[0]
+    number = wire.COUNT.unpack_from(following[1])[0]
     if _dropped(pipe, number, drops):
-        pipe.send(*outcome, then=(protocol.SKIPPED, protocol.COUNT.pack(number)))
+        pipe.send(*outcome, then=(wire.SKIPPED, wire.COUNT.pack(number)))
         return None, False
-    pipe.send(*outcome, then=(protocol.STARTED, protocol.COUNT.pack(number)))
+    pipe.send(*outcome, then=(wire.STARTED, wire.COUNT.pack(number)))
     return following, True
 
 
@@ -140,7 +140,7 @@ class _CallNotLoaded(Exception):
         self.report = report
 
 
-def _load_call(payload: protocol.Payload | bytearray) -> Any:
+def _load_call(payload: Payload | bytearray) -> Any:
     """The tuple a CALL, QUEUED, STREAM or OPEN message holds, ``(fn, args, kwargs, ...)``.
 
     Raises:
@@ -154,32 +154,32 @@ def _load_call(payload: protocol.Payload | bytearray) -> Any:
         raise _CallNotLoaded(_report(unpickling_error(payload, error), cause=error)) from None
 
 
-def _run(payload: protocol.Payload | bytearray) -> tuple[int, protocol.Payload]:
+def _run(payload: Payload | bytearray) -> tuple[int, Payload]:
     try:
         fn, args, kwargs, event_loop = _load_call(payload)
         result = _call(fn, args, kwargs, event_loop)
     except _CallNotLoaded as failure:
-        return protocol.ERROR, failure.report
+        return wire.ERROR, failure.report
     except BaseException as error:
-        return protocol.ERROR, _report(error)
+        return wire.ERROR, _report(error)
     if fn is apply_to_chunk:
-        return protocol.RESULT, _dump_chunk_outcome(args[0], *result)
+        return wire.RESULT, _dump_chunk_outcome(args[0], *result)
     return _outcome(fn, result)
 
 
-def _outcome(fn: Any, result: Any) -> tuple[int, protocol.Payload]:
+def _outcome(fn: Any, result: Any) -> tuple[int, Payload]:
     """The RESULT message for what ``fn`` returned, or the ERROR that says why it cannot be
     pickled."""
     try:
-        return protocol.RESULT, dumps(result, out_of_band=True)
+        return wire.RESULT, dumps(result, out_of_band=True)
     # BaseException: a __reduce__ may raise anything, and must not end the worker.
     except BaseException as error:
-        return protocol.ERROR, _unpicklable(f"the result of {describe(fn)}", result, error)
+        return wire.ERROR, _unpicklable(f"the result of {describe(fn)}", result, error)
 
 
 def _dump_chunk_outcome(
     fn: Any, results: list[Any], failures: list[int], seconds: float
-) -> protocol.Payload:
+) -> Payload:
     """Pickle what apply_to_chunk returned; a result that cannot be pickled becomes a failure
     of its own item, named after ``fn``, and the others are delivered."""
     try:
@@ -215,15 +215,15 @@ def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
         end = AsyncChannelEnd(channel, event_loop) if _is_async(fn) else ChannelEnd(channel)
         outcome = _outcome(fn, _call(fn, (end, *args), kwargs, event_loop))
     except _CallNotLoaded as failure:
-        outcome = protocol.ERROR, failure.report
+        outcome = wire.ERROR, failure.report
     except BaseException as error:
-        outcome = protocol.ERROR, _report(error)
+        outcome = wire.ERROR, _report(error)
     if channel is None:
         pipe.send(*outcome)
         return
     if channel.closed:
         # The parent closed the channel and discards the outcome (an error it caused, often).
-        outcome = protocol.RESULT, dumps(None)
+        outcome = wire.RESULT, dumps(None)
     run_blocking(pipe, channel.write(*outcome))
 
 
@@ -234,10 +234,10 @@ def _stream(pipe: Pipe, payload: bytes | bytearray) -> None:
         fn, args, kwargs, event_loop, buffer = _load_call(payload)
         generator = _start_generator(fn, args, kwargs)
     except _CallNotLoaded as failure:
-        pipe.send(protocol.ERROR, failure.report)
+        pipe.send(wire.ERROR, failure.report)
         return
     except BaseException as error:
-        pipe.send(protocol.ERROR, _report(error))
+        pipe.send(wire.ERROR, _report(error))
         return
     credit = _Credit(pipe, buffer)
     if isinstance(generator, types.AsyncGeneratorType):
@@ -274,9 +274,9 @@ class _Credit:
                 message = self._pipe.receive()
             except TimeoutError:  # the idle timeout; a stream waiting for its consumer is busy
                 continue
-            if message is None or message[0] == protocol.CLOSE:
+            if message is None or message[0] == wire.CLOSE:
                 return False
-            self._available += protocol.COUNT.unpack(message[1])[0]
+            self._available += wire.COUNT.unpack(message[1])[0]
         self._available -= 1
         return True
 
@@ -293,23 +293,23 @@ def _drive_generator(pipe: Pipe, generator: Any, credit: _Credit) -> None:
         try:
             item = next(generator)
         except StopIteration:
-            pipe.send(protocol.RESULT, dumps(None))
+            pipe.send(wire.RESULT, dumps(None))
             return
         except BaseException as error:
-            pipe.send(protocol.ERROR, _report(error))
+            pipe.send(wire.ERROR, _report(error))
             return
         kind, data = _pickle_item(item, generator)
-        if kind == protocol.ERROR:
+        if kind == wire.ERROR:
             # Close the generator before reporting: the error is the stream's last message.
             with contextlib.suppress(Exception):
                 generator.close()
         pipe.send(kind, data)
-        if kind == protocol.ERROR:
+        if kind == wire.ERROR:
             return
     # GeneratorExit reaches the generator; if it hangs there, the parent kills us.
     with contextlib.suppress(Exception):
         generator.close()
-    pipe.send(protocol.RESULT, dumps(None))
+    pipe.send(wire.RESULT, dumps(None))
 
 
 async def _drive_async_generator(pipe: Pipe, generator: Any, credit: _Credit) -> None:
@@ -317,35 +317,31 @@ async def _drive_async_generator(pipe: Pipe, generator: Any, credit: _Credit) ->
         try:
             item = await generator.__anext__()
         except StopAsyncIteration:
-            pipe.send(protocol.RESULT, dumps(None))
+            pipe.send(wire.RESULT, dumps(None))
             return
         except BaseException as error:
-            pipe.send(protocol.ERROR, _report(error))
+            pipe.send(wire.ERROR, _report(error))
             return
         kind, data = _pickle_item(item, generator)
-        if kind == protocol.ERROR:
+        if kind == wire.ERROR:
             with contextlib.suppress(Exception):
                 await generator.aclose()
         pipe.send(kind, data)
-        if kind == protocol.ERROR:
+        if kind == wire.ERROR:
             return
     with contextlib.suppress(Exception):
         await generator.aclose()
-    pipe.send(protocol.RESULT, dumps(None))
+    pipe.send(wire.RESULT, dumps(None))
 
 
-def _pickle_item(item: Any, generator: Any) -> tuple[int, protocol.Payload]:
+def _pickle_item(item: Any, generator: Any) -> tuple[int, Payload]:
     """The ITEM message for ``item``, or the ERROR that says why it cannot be pickled."""
     try:
-        return protocol.ITEM, dumps_item(
-            item, f"yielded by {generator.__qualname__}", out_of_band=True
-        )
+        return wire.ITEM, dumps_item(item, f"yielded by {generator.__qualname__}", out_of_band=True)
     except SerializationError as error:
-        return protocol.ERROR, _report(error)
+        return wire.ERROR, _report(error)
     except BaseException as error:  # from a __reduce__: it must not end the worker
-        return protocol.ERROR, _unpicklable(
-            f"an item yielded by {generator.__qualname__}", item, error
-        )
+        return wire.ERROR, _unpicklable(f"an item yielded by {generator.__qualname__}", item, error)
 
 
 def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event_loop: str) -> Any:
@@ -422,4 +418,4 @@ def _report(error: BaseException, cause: BaseException | None = None) -> bytes:
     except BaseException:
         message = "<str() of the exception failed>"
     reported_cause = None if cause is None else _report(cause)
-    return dumps(protocol.ErrorReport(exception, name, message, text, reported_cause))
+    return dumps(ErrorReport(exception, name, message, text, reported_cause))

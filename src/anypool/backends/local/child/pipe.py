@@ -12,7 +12,8 @@ import time
 from collections import deque
 from typing import Any
 
-from .. import _protocol as protocol
+from ...._serialize import Payload
+from .. import framing, wire
 
 __all__ = ["Frame", "Pipe", "current"]
 
@@ -55,7 +56,7 @@ class Pipe:
         global _current
         self.fd = fd
         self.thread = threading.get_ident()
-        self._reader = protocol.FrameReader()
+        self._reader = framing.FrameReader()
         self._backlog: deque[Frame] = deque()
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
@@ -102,7 +103,7 @@ class Pipe:
         reader = self._reader
         while (frame := reader.next_frame()) is None:
             try:
-                count = protocol.receive_into(self._socket, reader)
+                count = framing.receive_into(self._socket, reader)
             except BlockingIOError:
                 if reader.partial:
                     continue
@@ -135,21 +136,21 @@ class Pipe:
             self._backlog = deque(frame for frame in self._backlog if frame[0] != kind)
         return taken
 
-    def send(self, kind: int, payload: protocol.Payload, then: Frame | None = None) -> None:
+    def send(self, kind: int, payload: Payload, then: Frame | None = None) -> None:
         """Send one frame, blocking until it is written; and the small frame ``then`` (a kind
         and its bytes) in the same write, if given."""
-        parts, total, fds = protocol.encode_frame(kind, payload)
+        parts, total, fds = framing.encode_frame(kind, payload)
         if then is not None:
-            parts += (protocol.HEADER.pack(then[0], len(then[1])), then[1])
-            total += protocol.HEADER.size + len(then[1])
+            parts += (framing.HEADER.pack(then[0], len(then[1])), then[1])
+            total += framing.HEADER.size + len(then[1])
         try:
-            sent = protocol.send_frame(self._socket, parts, fds)
+            sent = framing.send_frame(self._socket, parts, fds)
         finally:
             # Sent with the first byte, or not at all.
-            protocol.close_all(fds)
+            framing.close_all(fds)
         while sent < total:
             # A blocking write returns early only when interrupted; resume where it stopped.
-            sent += self._socket.send(protocol.unsent(parts, sent))
+            sent += self._socket.send(framing.unsent(parts, sent))
 
     def request(self, kind: int, payload: bytes) -> bytes | bytearray:
         """Send a request to the parent and wait for its reply (a QUEUE_REPLY payload).
@@ -166,7 +167,7 @@ class Pipe:
                 continue
             if frame is None:
                 raise BrokenPipeError("the pool closed the worker's pipe")
-            if frame[0] == protocol.QUEUE_REPLY:
+            if frame[0] == wire.QUEUE_REPLY:
                 reply: bytes | bytearray = frame[1]  # replies travel in band
                 return reply
             self._backlog.append(frame)
@@ -183,7 +184,7 @@ class Pipe:
         """Read what has arrived without waiting; ``False`` at end-of-file."""
         reader = self._reader
         try:
-            count = protocol.receive_into(self._socket, reader, socket.MSG_DONTWAIT)
+            count = framing.receive_into(self._socket, reader, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return True
         if count == 0:
@@ -198,8 +199,8 @@ class Pipe:
         descriptors ``fds`` with its first byte); the count written."""
         try:
             if offset:
-                return self._socket.send(protocol.unsent(parts, offset), socket.MSG_DONTWAIT)
-            return protocol.send_frame(self._socket, parts, fds, socket.MSG_DONTWAIT)
+                return self._socket.send(framing.unsent(parts, offset), socket.MSG_DONTWAIT)
+            return framing.send_frame(self._socket, parts, fds, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return 0
 

@@ -13,7 +13,7 @@ import contextlib
 import importlib
 import os
 
-from .._protocol import PRELOAD_VARIABLE
+from ..wire import PRELOAD_VARIABLE
 
 # Popped, so that the workers do not see it.
 for _name in os.environ.pop(PRELOAD_VARIABLE, "").split(","):

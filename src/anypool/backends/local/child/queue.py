@@ -6,8 +6,8 @@ import queue
 from collections.abc import Iterator
 from typing import Generic, NoReturn, TypeVar
 
-from .. import _protocol as protocol
-from .._serialize import dumps_item, loads
+from ...._serialize import dumps_item, loads
+from .. import wire
 from . import pipe
 
 __all__ = ["WorkerQueue"]
@@ -38,7 +38,7 @@ class WorkerQueue(Generic[T]):
             SerializationError: ``item`` cannot be pickled.
         """
         data = dumps_item(item, "put in an anypool.Queue")
-        self._request(protocol.QUEUE_PUT, block, timeout, data)
+        self._request(wire.QUEUE_PUT, block, timeout, data)
 
     def put_nowait(self, item: T) -> None:
         """``put(item, block=False)``."""
@@ -51,7 +51,7 @@ class WorkerQueue(Generic[T]):
             queue.Empty: no item (in time).
             EOFError: the queue is closed and empty.
         """
-        item: T = loads(self._request(protocol.QUEUE_GET, block, timeout, b""))
+        item: T = loads(self._request(wire.QUEUE_GET, block, timeout, b""))
         return item
 
     def get_nowait(self) -> T:
@@ -71,17 +71,17 @@ class WorkerQueue(Generic[T]):
     ) -> bytes | bytearray:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must not be negative, not {timeout}")
-        request = protocol.QUEUE_REQUEST.pack(self._id, block, -1.0 if timeout is None else timeout)
+        request = wire.QUEUE_REQUEST.pack(self._id, block, -1.0 if timeout is None else timeout)
         reply = pipe.current().request(kind, request + data)
-        (status,) = protocol.REPLY.unpack_from(reply)
-        if status == protocol.REPLY_OK:
-            return reply[protocol.REPLY.size :]
-        if status == protocol.REPLY_FULL:
+        (status,) = wire.REPLY.unpack_from(reply)
+        if status == wire.REPLY_OK:
+            return reply[wire.REPLY.size :]
+        if status == wire.REPLY_FULL:
             raise queue.Full
-        if status == protocol.REPLY_EMPTY:
+        if status == wire.REPLY_EMPTY:
             raise queue.Empty
-        if status == protocol.REPLY_CLOSED:
-            if kind == protocol.QUEUE_GET:
+        if status == wire.REPLY_CLOSED:
+            if kind == wire.QUEUE_GET:
                 raise EOFError("the queue is closed and empty")
             raise ValueError("the queue is closed")
         raise RuntimeError("the queue no longer exists in the parent process")

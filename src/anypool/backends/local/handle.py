@@ -16,10 +16,10 @@ from multiprocessing.process import BaseProcess
 
 import anyio
 
-from . import _protocol as protocol
-from ._channel import MessageChannel
-from ._child.worker import main as worker_main
-from ._queue import serve_request
+from ..._queue import serve_request
+from . import wire
+from .child.worker import main as worker_main
+from .transport import MessageChannel
 
 __all__ = ["CAN_PAUSE", "WorkerHandle"]
 
@@ -131,7 +131,7 @@ class WorkerHandle:
         while True:
             if self.queue_request is None:
                 frame = await self.channel.receive()
-                if frame[0] != protocol.QUEUE_PUT and frame[0] != protocol.QUEUE_GET:
+                if frame[0] != wire.QUEUE_PUT and frame[0] != wire.QUEUE_GET:
                     return frame
                 self.queue_request = frame
             await serve_request(self)

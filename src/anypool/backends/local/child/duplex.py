@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
-from .. import _protocol as protocol
-from .._serialize import dumps_item, loads
+from ...._serialize import Payload, dumps_item, loads
+from .. import framing, wire
 from .pipe import Pipe
 
 __all__ = ["AsyncChannelEnd", "ChannelEnd", "ChannelState", "run_async", "run_blocking"]
@@ -46,7 +46,7 @@ class ChannelState:
     def start(self, buffer: int) -> Steps:
         # The first CREDIT tells the parent the channel started: before it, nothing the parent
         # sends can be lost to a worker that retired without reading the OPEN.
-        yield from self.write(protocol.CREDIT, protocol.COUNT.pack(buffer))
+        yield from self.write(wire.CREDIT, wire.COUNT.pack(buffer))
 
     def send(self, item: Any) -> Steps:
         if self.closed:
@@ -57,7 +57,7 @@ class ChannelState:
             if self.closed:
                 raise BrokenPipeError("the parent closed the channel")
         self._credit -= 1
-        yield from self.write(protocol.ITEM, data)
+        yield from self.write(wire.ITEM, data)
 
     def recv(self) -> Steps:
         while not self._inbox:
@@ -68,7 +68,7 @@ class ChannelState:
         self._taken += 1
         if self._taken >= self._ack_batch:
             count, self._taken = self._taken, 0
-            yield from self.write(protocol.CREDIT, protocol.COUNT.pack(count))
+            yield from self.write(wire.CREDIT, wire.COUNT.pack(count))
         return loads(payload)
 
     def poll(self) -> bool:
@@ -85,8 +85,8 @@ class ChannelState:
             self._handle(frame)
         return True
 
-    def write(self, kind: int, payload: protocol.Payload) -> Steps:
-        parts, total, fds = protocol.encode_frame(kind, payload)
+    def write(self, kind: int, payload: Payload) -> Steps:
+        parts, total, fds = framing.encode_frame(kind, payload)
         try:
             sent = self.pipe.write_available(parts, 0, fds)
             while sent < total:
@@ -96,7 +96,7 @@ class ChannelState:
                 sent += self.pipe.write_available(parts, sent, fds)
         finally:
             # Sent with the first byte (the parent holds them now), or not sent at all.
-            protocol.close_all(fds)
+            framing.close_all(fds)
 
     def _handle_next(self) -> Steps:
         """Wait for the parent's next message and act on it."""
@@ -111,13 +111,13 @@ class ChannelState:
             self.eof = self.closed = True
             return
         kind, payload = frame
-        if kind == protocol.ITEM:
+        if kind == wire.ITEM:
             self._inbox.append(payload)
-        elif kind == protocol.CREDIT:
-            self._credit += protocol.COUNT.unpack(payload)[0]
-        elif kind == protocol.EOF:
+        elif kind == wire.CREDIT:
+            self._credit += wire.COUNT.unpack(payload)[0]
+        elif kind == wire.EOF:
             self.eof = True
-        elif kind == protocol.CLOSE:
+        elif kind == wire.CLOSE:
             self.eof = self.closed = True
 
 
