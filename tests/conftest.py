@@ -22,7 +22,15 @@ import pytest
 import uvloop
 
 import anypool
-from support import ALL_BACKENDS, BACKEND_IDS, POLL_INTERVAL, descendants, open_fds
+from support import (
+    ALL_BACKENDS,
+    BACKEND_IDS,
+    POOL_BACKENDS,
+    POLL_INTERVAL,
+    descendants,
+    open_fds,
+    use_contract_backend,
+)
 
 LEAK_DEADLINE = 3.0
 
@@ -31,6 +39,17 @@ LEAK_DEADLINE = 3.0
 def anyio_backend(request: pytest.FixtureRequest) -> object:
     """Tests marked ``anyio`` run on asyncio, asyncio with uvloop, and trio."""
     return request.param
+
+
+@pytest.fixture(params=list(POOL_BACKENDS))
+def contract_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Contract tests (modules marked ``usefixtures("contract_backend")``) run on every backend
+    of ``support.POOL_BACKENDS``: their pools come from ``support.contract_pool``."""
+    use_contract_backend(request.param)
+    try:
+        yield request.param
+    finally:
+        use_contract_backend("local")
 
 
 @pytest.fixture(scope="session", autouse=True)

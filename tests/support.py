@@ -14,6 +14,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,8 +24,10 @@ import uvloop
 
 import anypool
 import workers
+from anypool.backends.local.backend import LocalBackend
 from anypool.backends.local.handle import WorkerHandle
 from anypool.backends.local.transport import MessageChannel
+from anypool.backends.local.workers import WorkerCache
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +42,33 @@ ASYNCIO_BACKEND_IDS = BACKEND_IDS[:2]
 
 POLL_INTERVAL = 0.01
 
+# --- backends -------------------------------------------------------------------------------
+
+POOL_BACKENDS: dict[str, Callable[..., anypool.Pool]] = {"local": anypool.Pool}
+"""The backends the contract tests run on, by name, each as a function that makes a pool from
+:class:`anypool.Pool`'s arguments. Adding a backend to the contract tests is one entry here."""
+
+_contract_backend = "local"
+
+
+def contract_pool(*args: Any, **kwargs: Any) -> anypool.Pool:
+    """A pool on the backend the running contract test is parametrized with (see the
+    ``contract_backend`` fixture), from :class:`anypool.Pool`'s arguments."""
+    return POOL_BACKENDS[_contract_backend](*args, **kwargs)
+
+
+def use_contract_backend(name: str) -> None:
+    global _contract_backend
+    _contract_backend = name
+
+
+def local_workers(pool: anypool.Pool) -> WorkerCache:
+    """The local backend's workers and the calls waiting for them: for the tests of that
+    backend's own mechanics, which nothing public shows."""
+    backend = pool.backend
+    assert isinstance(backend, LocalBackend)
+    return backend.workers
+
 
 def stand_in_worker(
     pool: anypool.Pool, target: Callable[[multiprocessing.connection.Connection], None]
@@ -52,7 +82,7 @@ def stand_in_worker(
     child_end.close()
     worker = WorkerHandle(process, MessageChannel(os.dup(parent_end.fileno())))
     parent_end.close()
-    pool._core.idle.append(worker)
+    local_workers(pool).idle.append(worker)
     return worker
 
 

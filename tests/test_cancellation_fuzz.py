@@ -25,9 +25,8 @@ To replay a failure, run the test id it names with the seed it gives, e.g.::
     ANYPOOL_FUZZ_SEED=123 ANYPOOL_FUZZ_ITERATIONS=50 \
         python -m pytest 'tests/test_cancellation_fuzz.py::test_map_...[trio]'
 
-Two private attributes are read, where nothing public tells: ``pool._core.accepted`` (the calls
-that ``join()`` waits for) and the source behind dropped results (alive until their background
-work has stopped).
+One private attribute is read, where nothing public tells: the source behind dropped results
+(alive until their background work has stopped).
 """
 
 from __future__ import annotations
@@ -513,7 +512,8 @@ def settled(pool: anypool.Pool) -> bool:
     Reads the pool's private count of accepted calls (what ``join()`` waits for): ``stats()``
     does not show a call that waits for a worker or for one to start.
     """
-    return pool._core.accepted == 0 and pool.stats().workers_busy == 0
+    stats = pool.stats()
+    return stats.calls_pending == 0 and stats.workers_busy == 0
 
 
 def ending(outcome: Outcome) -> str:

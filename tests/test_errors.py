@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 import anypool
-import anypool._pool as anypool_pool
 import workers
+from anypool.backends.local.workers import FIRST_START_DELAY
 from support import gone, pool_processes, read_pid, run_script, stays_true, write_script
 
 pytestmark = pytest.mark.anyio
@@ -325,7 +325,7 @@ async def test_failing_initializer_does_not_respawn_workers_in_a_loop() -> None:
         stats = pool.stats()
         assert stats.workers_alive == 0
         assert stats.initializer_failures == 1
-        assert 0 < stats.worker_start_delay <= anypool_pool.FIRST_START_DELAY
+        assert 0 < stats.worker_start_delay <= FIRST_START_DELAY
         assert await stays_true(lambda: pool_processes() == set(), duration=0.3)
         # A new call tries again, in a new worker.
         with pytest.raises(anypool.InitializerError):
@@ -344,9 +344,9 @@ async def test_failing_initializer_backs_off_each_new_worker_longer() -> None:
                 await pool.run(workers.square, 2)
         stats = pool.stats()
     # The 2nd, 3rd and 4th workers waited 0.1, 0.2 and 0.4 seconds before they started.
-    assert anyio.current_time() - started >= anypool_pool.FIRST_START_DELAY * (1 + 2 + 4)
+    assert anyio.current_time() - started >= FIRST_START_DELAY * (1 + 2 + 4)
     assert stats.initializer_failures == 4
-    assert stats.worker_start_delay <= anypool_pool.FIRST_START_DELAY * 8
+    assert stats.worker_start_delay <= FIRST_START_DELAY * 8
 
 
 async def test_a_call_waiting_out_the_back_off_can_be_cancelled() -> None:

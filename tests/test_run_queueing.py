@@ -5,9 +5,10 @@ runs and spares that worker; when the call ahead of it is cancelled, or its work
 waiting call runs elsewhere, once; a call ahead that finished just as it was cancelled does not
 take the call behind it down with its worker; and ``max_tasks_per_worker`` counts every call.
 
-The tests read ``pool._core.queued`` (the calls waiting behind another) to know that a call was
-sent ahead, which nothing public tells, and widen ``QUEUE_BEHIND_SECONDS`` so that the call ahead
-counts as short however slowly this machine runs it.
+These are tests of the local backend's own mechanics: they read its calls waiting behind
+another (``support.local_workers``) to know that a call was sent ahead, which nothing public
+tells, and widen ``QUEUE_BEHIND_SECONDS`` so that the call ahead counts as short however slowly
+this machine runs it.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ import anyio.abc
 import pytest
 
 import anypool
-import anypool._pool
+import anypool.backends.local.sendahead
 import workers
-from support import gone, read_pid, stays_true, wait_until_async
+from support import gone, local_workers, read_pid, stays_true, wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
 
 @pytest.fixture(autouse=True)
 def calls_count_as_short(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(anypool._pool, "QUEUE_BEHIND_SECONDS", 60.0)
+    monkeypatch.setattr(anypool.backends.local.sendahead, "QUEUE_BEHIND_SECONDS", 60.0)
 
 
 def runs(log: Path) -> list[int]:
@@ -79,7 +80,7 @@ async def start_behind(
 ) -> Caller:
     """Start a call, and return once it waits in the pipe of the busy worker."""
     caller = start(group, pool, fn, *args)
-    assert await wait_until_async(lambda: pool._core.queued)
+    assert await wait_until_async(lambda: local_workers(pool).ahead.queued)
     await anyio.sleep(0.05)  # for its frame to be sent, on a slow machine too
     return caller
 
@@ -98,7 +99,7 @@ async def test_a_call_sent_behind_a_short_one_runs_next_on_the_same_worker(
         assert (ahead.outcome, behind.outcome) == (pid, "b")
         assert runs(log) == [pid]
         assert pool.stats().workers_replaced == 0
-        assert not pool._core.queued
+        assert not local_workers(pool).ahead.queued
 
 
 @pytest.mark.parametrize("kill_on_cancel", [True, False], ids=["kill", "no-kill"])
@@ -213,14 +214,14 @@ async def test_max_tasks_per_worker_counts_the_calls_sent_ahead() -> None:
 async def test_no_call_is_sent_behind_a_call_that_runs_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(anypool._pool, "QUEUE_BEHIND_SECONDS", 0.005)
+    monkeypatch.setattr(anypool.backends.local.sendahead, "QUEUE_BEHIND_SECONDS", 0.005)
     release = tmp_path / "release"
     async with anypool.Pool(1) as pool:
         await pool.run(workers.sleep_then_return, 0.05, None)  # the worker's calls run long
         async with anyio.create_task_group() as group:
             ahead = await start_ahead(group, pool, tmp_path, release)
             behind = start(group, pool, workers.current_pid)
-            assert await stays_true(lambda: not pool._core.queued, 0.2)
+            assert await stays_true(lambda: not local_workers(pool).ahead.queued, 0.2)
             release.touch()
         assert isinstance(ahead.outcome, int)
         assert ahead.outcome == behind.outcome
@@ -241,10 +242,12 @@ async def test_a_call_that_waited_for_a_place_is_sent_ahead_when_the_worker_move
                 group, pool, workers.write_pid_and_wait_for, tmp_path / "b", second
             )
             last = start(group, pool, workers.append_pid_and_return, log, "c")
-            assert await wait_until_async(lambda: len(pool._core.waiters) == 1)
+            assert await wait_until_async(lambda: len(local_workers(pool).waiters) == 1)
             first.touch()
             await read_pid(tmp_path / "b")
-            assert await wait_until_async(lambda: pool._core.queued and not pool._core.waiters)
+            assert await wait_until_async(
+                lambda: local_workers(pool).ahead.queued and not local_workers(pool).waiters
+            )
             if cancelled:
                 last.scope.cancel()
                 await last.done.wait()
@@ -314,7 +317,7 @@ async def test_a_call_the_pool_sent_ahead_cancelled_while_it_runs_is_stopped_as_
                 group, pool, workers.write_pid_and_wait_for, tmp_path / "b", second
             )
             last = start(group, view, workers.write_pid_and_wait_for, tmp_path / "c", third)
-            assert await wait_until_async(lambda: len(pool._core.waiters) == 1)
+            assert await wait_until_async(lambda: len(local_workers(pool).waiters) == 1)
             first.touch()
             await read_pid(tmp_path / "b")
             second.touch()

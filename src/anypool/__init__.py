@@ -19,6 +19,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "StreamResults",
+    "UnsupportedError",
     "WorkerQueue",
     "cpu_count",
     "run",
@@ -35,10 +36,12 @@ if TYPE_CHECKING:
         RemoteError,
         RemoteTraceback,
         SerializationError,
+        UnsupportedError,
     )
     from ._map import MapResults
-    from ._pool import START_METHODS, CallOptions, Pool, PoolStats
+    from ._pool import START_METHODS, CallOptions, Pool
     from ._queue import Queue
+    from ._stats import PoolStats
     from ._stream import StreamResults
     from .backends.local.child.duplex import AsyncChannelEnd, ChannelEnd
     from .backends.local.child.queue import WorkerQueue
@@ -61,11 +64,12 @@ else:
         "RemoteError": "._errors",
         "RemoteTraceback": "._errors",
         "SerializationError": "._errors",
+        "UnsupportedError": "._errors",
         "MapResults": "._map",
         "START_METHODS": "._pool",
         "CallOptions": "._pool",
         "Pool": "._pool",
-        "PoolStats": "._pool",
+        "PoolStats": "._stats",
         "StreamResults": "._stream",
     }
 

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import anyio
 import anyio.abc
 
-from ._errors import BrokenWorkerError, PoolClosedError, SerializationError
 from ._eventloop import current_library, spawn_detached
-from ._serialize import Payload, describe, dumps_call_arguments, dumps_item, load_error, load_result
-from .backends.local import wire as protocol
-from .backends.local.transport import ChannelClosed
+from ._serialize import Payload, describe, dumps_item, load_result
+from .backends._base import Backend, Call, ChannelSession
 
 if TYPE_CHECKING:
-    from ._pool import CallOptions, _PoolCore
-    from .backends.local.handle import WorkerHandle
+    from ._pool import CallOptions
 
 __all__ = ["Channel"]
 
@@ -39,19 +35,18 @@ class Channel(anyio.abc.ObjectStream[Any]):
 
     def __init__(
         self,
-        core: _PoolCore,
+        backend: Backend,
         options: CallOptions,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        self._core = core
+        self._backend = backend
         self._fn = fn
         self._args = args
         self._kwargs = kwargs
         self._buffer = options.buffer
-        self._worker: WorkerHandle | None = None
-        self._payload: Payload = b""
+        self._session: ChannelSession | None = None
         # The function's items that were read and not received yet: at most ``buffer``.
         self._inbox: deque[Payload | bytearray] = deque()
         self._credit = 0  # items we may send; the function grants them once it started
@@ -63,9 +58,6 @@ class Channel(anyio.abc.ObjectStream[Any]):
         self._closing = False  # aclose() or a kill began: the function's outcome is dropped
         self._killing = False
         self._broken = False
-        # Sends under way; a worker is given back to the pool only once none is left.
-        self._writing = 0
-        self._release_pending = False
         self._ended = False
         self._value: Any = None
         self._error: BaseException | None = None
@@ -94,7 +86,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
             self._raise_end(receiving=False)
         self._credit -= 1
         try:
-            await self._write(protocol.ITEM, payload)
+            await self._write("item", payload)
         except BaseException:
             self._credit += 1
             raise
@@ -122,7 +114,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
         and its iteration ends, once it took what was sent before. Idempotent."""
         self._check_entered()
         if not (self._eof_sent or self._ended or self._closing):
-            await self._write(protocol.EOF, b"")
+            await self._write("eof", b"")
             self._eof_sent = True
 
     async def result(self) -> Any:
@@ -150,17 +142,17 @@ class Channel(anyio.abc.ObjectStream[Any]):
         """Close the channel: the function's ``recv`` raises ``EOFError`` and its ``send``
         ``BrokenPipeError``. If it has not returned within ``kill_grace`` seconds, its worker is
         killed. Items not received are dropped. Idempotent; shielded from cancellation."""
-        if self._worker is None or self._closing:
+        if self._session is None or self._closing:
             self._closing = True
             return
         self._closing = True
         self._inbox.clear()
         with anyio.CancelScope(shield=True):
             if not self._ended:
-                with anyio.move_on_after(self._core.kill_grace):
+                with anyio.move_on_after(self._backend.kill_grace):
                     # Refused when the worker is gone, or was killed: its end comes all the same.
                     with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                        await self._write(protocol.CLOSE, b"")
+                        await self._write("close", b"")
                     await self._wait_until(lambda: False)
                 # It had kill_grace to return after the close: no second grace for SIGTERM.
                 await self._kill(at_once=True)
@@ -169,12 +161,11 @@ class Channel(anyio.abc.ObjectStream[Any]):
         """Start the function in a worker."""
         if self._progress is not None:
             raise RuntimeError("this channel was already opened")
-        core = self._core
-        core.check_open()
+        backend = self._backend
+        backend.check_open()
         self._progress = anyio.Event()
-        call = (self._fn, self._args, self._kwargs, current_library(), self._buffer)
-        self._payload = dumps_call_arguments(call, self._fn, self._args, self._kwargs)
-        self._worker = await core.open_session(protocol.OPEN, self._payload)
+        call = Call(self._fn, self._args, self._kwargs, current_library())
+        self._session = await backend.open_channel(call, buffer=self._buffer)
         spawn_detached(self._read)
         return self
 
@@ -223,10 +214,10 @@ class Channel(anyio.abc.ObjectStream[Any]):
             # The event loop is ending under an open channel: nobody will wait for it.
             with anyio.CancelScope(shield=True):
                 self._killing = self._closing = True
-                worker = self._worker
-                assert worker is not None
+                session = self._session
+                assert session is not None
                 if not self._ended:
-                    await self._core.stop_busy(worker, terminate=True)
+                    await session.stop()
                     self._end()
         finally:
             progress, self._progress = self._progress, anyio.Event()
@@ -234,78 +225,23 @@ class Channel(anyio.abc.ObjectStream[Any]):
             progress.set()
 
     async def _read_one(self) -> None:
-        worker = self._worker
-        assert worker is not None
-        try:
-            kind, body = await worker.receive()
-        except ChannelClosed:
-            with anyio.CancelScope(shield=True):
-                await self._worker_gone(worker)
-            return
-        if kind == protocol.ITEM:
+        session = self._session
+        assert session is not None
+        event, body = await session.read()
+        if event == "item":
             if not self._closing:
                 self._inbox.append(body)
-        elif kind == protocol.CREDIT:
-            self._credit += protocol.COUNT.unpack(body)[0]
-        elif kind == protocol.RETIRING:
-            with anyio.CancelScope(shield=True):
-                await self._restart(worker)
-        elif kind == protocol.INIT_FAILED:
-            self._end(error=await self._core.initializer_failed(worker, body))
+        elif event == "credit":
+            self._credit += body
         else:
-            if self._killing:
-                # Too late: it is being killed.
-                with anyio.CancelScope(shield=True):
-                    await self._core.stop_busy(worker, terminate=True)
-            elif self._writing:
-                # A send of ours is under way: the next call must not get its message.
-                self._release_pending = True
-            else:
-                self._release(worker)
-            if kind == protocol.ERROR:
-                self._end(error=load_error(body))
-            else:
-                try:
-                    self._end(value=load_result(body, self._fn))
-                except SerializationError as error:
-                    self._end(error=error)
-
-    async def _restart(self, worker: WorkerHandle) -> None:
-        """The worker retired before it read the OPEN: start the function on another one.
-        (Nothing but OPEN, EOF and CLOSE is sent before the function starts.)"""
-        self._worker = worker = await self._core.replace_retired(worker)
-        await worker.channel.send(protocol.OPEN, self._payload)
-        if self._eof_sent:
-            await worker.channel.send(protocol.EOF, b"")
-        if self._closing:
-            await worker.channel.send(protocol.CLOSE, b"")
-
-    async def _worker_gone(self, worker: WorkerHandle) -> None:
-        exitcode = await self._core.stop_busy(worker, terminate=False)
-        if self._killing:
-            self._end()
-        elif self._core.terminated:
-            self._end(
-                error=PoolClosedError(
-                    f"the pool was terminated during the channel to {describe(self._fn)}"
-                )
-            )
-        else:
-            self._end(
-                error=BrokenWorkerError(
-                    worker.pid,
-                    exitcode,
-                    f"the channel to {describe(self._fn)}",
-                    first_call=worker.calls == 0,
-                )
-            )
+            value, error = body
+            self._end(value=value, error=error)
 
     def _end(self, *, value: Any = None, error: BaseException | None = None) -> None:
         # After the parent closed the channel, the function reports only errors of its own:
         # keep them, to raise where the channel's block ends.
         self._ended = True
         self._value, self._error = value, error
-        self._core.end_session(failed=None if self._killing else error is not None)
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -314,60 +250,56 @@ class Channel(anyio.abc.ObjectStream[Any]):
         # Counted out before the write: another task receiving meanwhile must not send them too.
         count, self._taken = self._taken, 0
         try:
-            await self._write(protocol.CREDIT, protocol.COUNT.pack(count))
+            await self._write("credit", count)
         except BaseException:
             self._taken += count
             raise
 
-    def _release(self, worker: WorkerHandle) -> None:
-        worker.calls += 1
-        self._core.release(worker)
-
-    async def _write(self, kind: int, payload: Payload) -> None:
-        worker = self._worker
-        assert worker is not None
-        self._writing += 1
+    async def _write(
+        self, kind: Literal["item", "credit", "eof", "close"], payload: Payload | int
+    ) -> None:
+        session = self._session
+        assert session is not None
+        session.writing(True)
         try:
-            await worker.channel.send(kind, payload)
-        except ChannelClosed:
-            if worker.channel.cut_short:
-                self._broken = True
-                with anyio.CancelScope(shield=True):
-                    await self._kill()
-                raise anyio.BrokenResourceError(
-                    "the channel broke: a send was cancelled part-way through a message"
-                ) from None
+            await session.write(kind, payload)
+        except BrokenPipeError:
+            self._broken = True
+            with anyio.CancelScope(shield=True):
+                await self._kill()
+            raise anyio.BrokenResourceError(
+                "the channel broke: a send was cancelled part-way through a message"
+            ) from None
+        except EOFError:
             # The worker is gone: its end says why.
             with anyio.CancelScope(shield=True):
                 await self._wait_until(lambda: False)
             self._raise_end(receiving=False)
         except BaseException:
-            if worker.channel.cut_short:
+            if session.broken:
                 # What follows a partial message cannot be read: the channel is over.
                 self._broken = True
                 with anyio.CancelScope(shield=True):
                     await self._kill()
             raise
         finally:
-            self._writing -= 1
-            if self._release_pending and not self._writing:
-                self._release_pending = False
-                self._release(worker)
+            session.writing(False)
 
     async def _kill(self, *, at_once: bool = False) -> None:
         """Kill the worker unless the function ended: SIGTERM, then SIGKILL after
         ``kill_grace`` (SIGKILL at once if ``at_once``); return once it is reaped."""
         if self._ended:
             return
-        worker = self._worker
-        assert worker is not None
+        session = self._session
+        assert session is not None
         self._killing = self._closing = True
+        session.end_on_kill()
         if not at_once:
-            worker.signal(signal.SIGTERM)
-            with anyio.move_on_after(self._core.kill_grace):
+            session.interrupt(now=False)
+            with anyio.move_on_after(self._backend.kill_grace):
                 await self._wait_until(lambda: False)
         if not self._ended:
-            worker.signal(signal.SIGKILL)
+            session.interrupt(now=True)
             await self._wait_until(lambda: False)
 
     def _raise_end(self, *, receiving: bool) -> NoReturn:

@@ -15,6 +15,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "UnsupportedError",
 ]
 
 
@@ -136,6 +137,13 @@ class PoolClosedError(RuntimeError):
     """
 
 
+class UnsupportedError(NotImplementedError):
+    """The pool's backend cannot do this (``pool.stream`` on a backend without streams, say).
+
+    Raised when the feature is asked for, before any work starts.
+    """
+
+
 # Show these as ``anypool.X`` in tracebacks and pickle them by their public name.
 for _cls in (
     BrokenWorkerError,
@@ -144,6 +152,7 @@ for _cls in (
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    UnsupportedError,
 ):
     _cls.__module__ = "anypool"
 del _cls

@@ -12,17 +12,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import anyio
 
 from ._arguments import check_callable, check_count, check_flag, check_iterable
-from ._eventloop import checkpoint, current_library, spawn_detached
+from ._eventloop import checkpoint, spawn_detached
 from ._results import ResultIterator
-from ._serialize import dumps_call_arguments, load_error, load_result
-from .backends.local import wire as protocol
-from .backends.local.child.worker import apply_to_chunk
-from .backends.local.transport import ChannelClosed
+from ._serialize import load_error
+from .backends._base import Backend, Chunk, ChunkRunner
 
 if TYPE_CHECKING:
-    from ._pool import CallOptions, _PoolCore
-    from ._serialize import Payload
-    from .backends.local.handle import WorkerHandle
+    from ._pool import CallOptions
 
 __all__ = ["MapResults"]
 
@@ -37,12 +33,6 @@ a time, so that memory in flight stays small."""
 _CHUNKS_IN_FLIGHT = 3
 """The default ``max_in_flight``, in chunks per worker: one running, one queued behind it, and
 one whose results the consumer is taking."""
-_QUEUE_DEPTH = 2
-"""The most chunks a worker is sent at once: while it runs one, the next waits in its pipe."""
-_QUEUE_SECONDS = 0.05
-"""A worker is sent a chunk behind the one it runs only if its last chunk ran for less than
-this: a queued chunk cannot go to another worker that frees up first, and for longer chunks
-the moment a worker waits between two is a small part of their time anyway."""
 _AUTO_CHUNK_SECONDS = 0.01
 """How long ``chunksize="auto"`` aims for a chunk to run: long enough that the round trip to the
 worker is a small part of it, short enough that results keep flowing."""
@@ -136,39 +126,12 @@ class _Last:
         self.value = value
 
 
-class _Chunk:
-    """Items taken from the input, and their call to a worker, pickled."""
-
-    __slots__ = ("index", "payload", "size")
-
-    def __init__(self, index: int, size: int, payload: Payload) -> None:
-        self.index = index
-        self.size = size
-        self.payload = payload
-
-
-class _Lane:
-    """A task of a map's that runs its chunks on one worker at a time."""
-
-    __slots__ = ("last_seconds", "pending", "sender", "sent")
-
-    def __init__(self) -> None:
-        self.pending: deque[_Chunk] = deque()
-        """Chunks for the lane's worker, in order, whose outcome has not come back."""
-        self.sent = 0
-        """How many of them (from the first) have been written to the worker in full."""
-        self.sender: tuple[anyio.CancelScope, anyio.Event] | None = None
-        """The scope and the end of the task that writes the others, while there is one."""
-        self.last_seconds = math.inf
-        """How long the last chunk ran in the worker."""
-
-
 class _MapRun:
     """The state of one map: the background task that feeds chunks, and the results."""
 
     def __init__(
         self,
-        core: _PoolCore,
+        backend: Backend,
         options: CallOptions,
         fn: Callable[[Any], Any],
         iterable: Iterable[Any] | AsyncIterable[Any],
@@ -192,11 +155,11 @@ class _MapRun:
         self._default_in_flight = max_in_flight is None
         if max_in_flight is None:
             max_in_flight = (
-                _CHUNKS_IN_FLIGHT * core.max_workers * (1 if chunksize == "auto" else chunksize)
+                _CHUNKS_IN_FLIGHT * backend.capacity * (1 if chunksize == "auto" else chunksize)
             )
-        self._core = core
+        self._backend = backend
         self._options = options
-        self._fn = fn
+        self.fn = fn
         self._iterable = iterable
         self._ordered = ordered
         self._auto = chunksize == "auto"
@@ -209,11 +172,10 @@ class _MapRun:
         self._taken = 0
         self._chunks_made = 0
         # Chunks taken whose results are not in _finished yet, and those of them no worker
-        # was sent yet; the lanes that run them (a worker each) and the group they run in.
+        # was sent yet (see ChunkFeed); what runs them.
         self._chunks_running = 0
-        self._ready: deque[_Chunk] = deque()
-        self._lanes: set[_Lane] = set()
-        self._lane_group: anyio.abc.TaskGroup
+        self.to_run: deque[Chunk] = deque()
+        self._runner: ChunkRunner
         # Finished chunks by index: their results, the positions of failures among them, and
         # how many items they took.
         self._finished: dict[int, tuple[list[Any], list[int], int]] = {}
@@ -228,13 +190,13 @@ class _MapRun:
         self._room = _Signal()
 
         self._started = False
-        self._closed = False
+        self.closed = False
         self._scope = anyio.CancelScope()
         self._stopped: anyio.Event | None = None
 
     async def next(self) -> Any:
         """The next result; raises StopAsyncIteration at the end."""
-        if self._closed:
+        if self.closed:
             raise StopAsyncIteration
         self.start()
         while True:
@@ -271,9 +233,9 @@ class _MapRun:
         )
 
     async def aclose(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         self.ready = iter(())
         self._parts.clear()
         self._progress.close()
@@ -284,8 +246,8 @@ class _MapRun:
 
     def abandon(self) -> None:
         """Cancel the background work without waiting for it (nobody is left to wait)."""
-        if self._started and not self._closed:
-            self._closed = True
+        if self._started and not self.closed:
+            self.closed = True
             self._progress.close()
             # The event loop may be gone already; then so is the work.
             with contextlib.suppress(Exception):
@@ -299,7 +261,7 @@ class _MapRun:
     def start(self) -> None:
         if self._started:
             return
-        self._core.check_open()
+        self._backend.check_open()
         self._started = True
         self._stopped = anyio.Event()
         spawn_detached(self._feed)
@@ -344,7 +306,10 @@ class _MapRun:
         # cancel scope is how the consumer stops it.
         try:
             with self._scope:
-                async with anyio.create_task_group() as self._lane_group:
+                async with anyio.create_task_group() as group:
+                    self._runner = self._backend.run_chunks(
+                        self, group, kill_on_cancel=self._options.kill_on_cancel
+                    )
                     await self._take_input()
         except BaseException as error:
             if not isinstance(error, anyio.get_cancelled_exc_class()):
@@ -429,241 +394,32 @@ class _MapRun:
         index = self._chunks_made
         self._chunks_made += 1
         self._chunks_running += 1
-        event_loop = current_library()
-        call: tuple[Any, ...] = (
-            apply_to_chunk,
-            (self._fn, items, event_loop, not self._return_exceptions),
-            {},
-            event_loop,
-        )
         try:
-            payload = dumps_call_arguments(call, self._fn, items, {}, large_bytes=False)
+            packed, size = self._backend.pack_chunk(
+                self.fn, items, raise_first=not self._return_exceptions
+            )
         except Exception as error:
             # An item cannot be pickled: every item of its chunk gets the error.
-            self._fail(_Chunk(index, len(items), b""), error)
+            self.chunk_failed(Chunk(index, len(items), None, 0), error)
             return
-        self._ready.append(_Chunk(index, len(items), payload))
-        self._add_lanes()
+        self.to_run.append(Chunk(index, len(items), packed, size))
+        self._runner.more()
 
-    def _add_lanes(self) -> None:
-        """Start lanes for the chunks that no lane is about to take, as workers allow."""
-        hungry = sum(not lane.pending for lane in self._lanes)
-        while len(self._ready) > hungry and len(self._lanes) < self._core.max_workers:
-            lane = _Lane()
-            self._lanes.add(lane)
-            # A lane is a call of the pool's for close() and join(), from now until it ends.
-            self._core.accepted += 1
-            self._lane_group.start_soon(self._run_lane, lane)
-            hungry += 1
-
-    async def _run_lane(self, lane: _Lane) -> None:
-        """Take chunks on a worker of the pool's until none is left: a worker at a time,
-        acquired in order with the pool's other calls."""
-        core = self._core
-        try:
-            while self._ready and not self._closed:
-                try:
-                    worker = await core.acquire()
-                except Exception as error:
-                    # No worker (the pool was terminated, a worker could not start): the next
-                    # chunk gets the error.
-                    if self._ready:
-                        self._fail(self._ready.popleft(), error)
-                    continue
-                await self._serve(lane, worker)
-        finally:
-            self._lanes.discard(lane)
-            core.call_finished()
-
-    async def _serve(self, lane: _Lane, worker: WorkerHandle) -> None:
-        """Run chunks on ``worker`` until there are none to take, or a call of the pool's
-        waits for a worker; then give the worker back, or stop it if it died or the map
-        was cancelled."""
-        core = self._core
-        pending = lane.pending
-        current: WorkerHandle | None = worker
-        # Whether the worker ran a chunk for us yet: only then does it go back to the calls
-        # waiting for one (lanes of other maps would otherwise pass workers round for ever).
-        served = False
-        try:
-            while True:
-                await self._send_chunks(lane, worker, served)
-                if not pending:
-                    await self._stop_sending(lane)
-                    current = None
-                    core.release(worker)
-                    return
-                try:
-                    kind, body = await worker.receive()
-                except ChannelClosed:
-                    await self._stop_sending(lane)
-                    current = None
-                    # The worker died running the first chunk it was sent; the others never
-                    # started (it reads a call only once it answered the one before).
-                    chunk = pending.popleft()
-                    core.calls_running -= 1
-                    self._fail(chunk, await core.worker_lost(worker, self._fn))
-                    self._requeue(lane)
-                    return
-                if kind == protocol.RETIRING:
-                    # It retired before it read any of them: send them all to another.
-                    await self._stop_sending(lane)
-                    lane.sent = 0
-                    current = None
-                    try:
-                        worker = await core.replace_retired(worker)
-                    except Exception as error:
-                        core.calls_running -= len(pending)
-                        while pending:
-                            self._fail(pending.popleft(), error)
-                        return
-                    current = worker
-                    continue
-                chunk = pending.popleft()
-                lane.sent -= 1
-                core.calls_running -= 1
-                if kind == protocol.INIT_FAILED:
-                    await self._stop_sending(lane)
-                    current = None
-                    core.calls_failed += 1
-                    self._requeue(lane)
-                    self._fail(chunk, await core.initializer_failed(worker, body))
-                    return
-                worker.calls += 1
-                served = True
-                if kind == protocol.RESULT:
-                    # Keep the worker busy before this chunk's results are unpickled.
-                    await self._send_chunks(lane, worker, served)
-                    self._finish(lane, chunk, body)
-                else:
-                    core.calls_failed += 1
-                    self._fail(chunk, load_error(body))
-        except BaseException:
-            # Cancelled, or the event loop is ending, while the worker holds chunks.
-            with anyio.CancelScope(shield=True):
-                await self._stop_sending(lane)
-            core.calls_running -= len(pending)
-            core.calls_cancelled += len(pending)
-            if current is None:
-                pass
-            elif current.channel.cut_short:
-                # A frame cut short leaves the pipe unusable.
-                await core.stop_busy(current, terminate=True)
-            elif not lane.sent:
-                core.release(current)  # it was sent nothing
-            elif self._options.kill_on_cancel or core.terminated:
-                await core.stop_busy(current, terminate=True)
-            else:
-                # It runs the chunks it was sent in full to their end.
-                core.drain_in_background(current, lane.sent)
-            pending.clear()
-            lane.sent = 0
-            raise
-
-    async def _send_chunks(self, lane: _Lane, worker: WorkerHandle, served: bool) -> None:
-        """Take the ready chunks that ``worker`` should hold, and see that it is sent them;
-        none if it ``served`` the lane already and calls wait for a worker.
-
-        A worker that holds nothing yet is sent its chunk here. The chunks queued behind the
-        one it runs go through a task of their own: a frame too large for the pipe would
-        otherwise wait for the worker to read it, while the worker waits for us to read the
-        results it is writing.
-        """
-        pending = lane.pending
-        while self._ready and not self._closed and (not pending or self._may_queue(lane, worker)):
-            if not pending and ((served and self._core.waiters) or self._worn_out(worker, 0)):
-                # Others wait for a worker: give this one back and queue up behind them. Or it
-                # ran as many calls as the pool allows: give it back to be replaced.
-                break
-            pending.append(self._ready.popleft())
-            self._core.calls_running += 1
-        if not lane.sent and pending and lane.sender is None:
-            try:
-                await worker.channel.send(protocol.CALL, pending[0].payload)
-            except ChannelClosed:
-                # The worker is gone: the receiving side learns how (its answers before the
-                # end-of-file are still to be read).
-                return
-            lane.sent = 1
-        if lane.sent < len(pending) and lane.sender is None:
-            lane.sender = sender = (anyio.CancelScope(), anyio.Event())
-            self._lane_group.start_soon(self._send_queued, lane, worker, sender)
-
-    async def _send_queued(
-        self, lane: _Lane, worker: WorkerHandle, sender: tuple[anyio.CancelScope, anyio.Event]
+    def chunk_done(
+        self, chunk: Chunk, results: list[Any], failures: list[int], seconds: float
     ) -> None:
-        """Write the lane's chunks not yet written to ``worker``, in order, until none is left
-        or ``sender``'s scope is cancelled."""
-        scope, done = sender
-        try:
-            with scope:
-                while lane.sent < len(lane.pending):
-                    await worker.channel.send(protocol.CALL, lane.pending[lane.sent].payload)
-                    # (The receiving side removes the chunks answered from the front: counting
-                    # only after the send keeps the count right.)
-                    lane.sent += 1
-        except ChannelClosed:
-            pass  # as in _send_chunks
-        finally:
-            lane.sender = None
-            done.set()
-
-    async def _stop_sending(self, lane: _Lane) -> None:
-        """Stop the lane's sending task, and wait until it is gone: before its worker is let go
-        or its pipe closed, nothing may be writing to it."""
-        if lane.sender is not None:
-            scope, done = lane.sender
-            scope.cancel()
-            await done.wait()
-
-    def _may_queue(self, lane: _Lane, worker: WorkerHandle) -> bool:
-        """Whether to send a worker that runs a chunk the next one too, so that it starts
-        that one the moment it is done, instead of waiting for the parent."""
-        return (
-            len(lane.pending) < _QUEUE_DEPTH
-            # A chunk queued behind a long one would wait though another worker may be free.
-            and lane.last_seconds < _QUEUE_SECONDS
-            # Not while another lane waits for its first chunk, nor a call for a worker.
-            and all(other.pending for other in self._lanes)
-            and not self._core.waiters
-            and not self._worn_out(worker, len(lane.pending))
-        )
-
-    def _worn_out(self, worker: WorkerHandle, holding: int) -> bool:
-        """Whether ``worker``, with ``holding`` chunks still to run, reaches the pool's
-        ``max_tasks_per_worker``."""
-        limit = self._core.max_tasks_per_worker
-        return limit is not None and worker.calls + holding >= limit
-
-    def _requeue(self, lane: _Lane) -> None:
-        """Put back, first in line, the chunks the lane's worker never started."""
-        self._core.calls_running -= len(lane.pending)
-        self._ready.extendleft(reversed(lane.pending))
-        lane.pending.clear()
-        lane.sent = 0
-        self._add_lanes()
-
-    def _finish(self, lane: _Lane, chunk: _Chunk, outcome: Payload | bytearray) -> None:
-        try:
-            results, failures, seconds = load_result(outcome, self._fn)
-        except Exception as error:
-            self._core.calls_failed += 1
-            self._fail(chunk, error)
-            return
-        self._core.calls_completed += 1
-        lane.last_seconds = seconds
         if self._auto:
-            self._resize_chunks(chunk.size, seconds, len(chunk.payload))
+            self._resize_chunks(chunk.items, seconds, chunk.size)
         self._done(chunk, results, failures)
 
-    def _fail(self, chunk: _Chunk, error: BaseException) -> None:
+    def chunk_failed(self, chunk: Chunk, error: BaseException) -> None:
         """The chunk as a whole failed (its worker died, an item could not be pickled): every
         item it held gets ``error``."""
-        results = [error] * (chunk.size if self._return_exceptions else 1)
+        results = [error] * (chunk.items if self._return_exceptions else 1)
         self._done(chunk, results, list(range(len(results))))
 
-    def _done(self, chunk: _Chunk, results: list[Any], failures: list[int]) -> None:
-        self._finished[chunk.index] = (results, failures, chunk.size)
+    def _done(self, chunk: Chunk, results: list[Any], failures: list[int]) -> None:
+        self._finished[chunk.index] = (results, failures, chunk.items)
         self._chunks_running -= 1
         self._changed.notify()
 
@@ -672,7 +428,7 @@ class _MapRun:
         by_bytes = _AUTO_CHUNK_BYTES * size / payload_bytes
         self._chunksize = max(1, min(AUTO_CHUNK_LIMIT, math.floor(min(by_time, by_bytes))))
         if self._default_in_flight:
-            self._max_in_flight = _CHUNKS_IN_FLIGHT * self._core.max_workers * self._chunksize
+            self._max_in_flight = _CHUNKS_IN_FLIGHT * self._backend.capacity * self._chunksize
             self._room.notify()
 
 

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import queue
-import weakref
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 
 from ._serialize import dumps_item, load_value
-from .backends.local import wire as protocol
+from .backends._base import QueueStatus, register_queue
 from .backends.local.child.queue import WorkerQueue
 
-if TYPE_CHECKING:
-    from .backends.local.handle import WorkerHandle
-
-__all__ = ["Queue", "serve_request"]
+__all__ = ["Queue"]
 
 T = TypeVar("T")
-
-_OK: bytes = protocol.REPLY.pack(protocol.REPLY_OK)
-
-# The queues that workers may ask for, by id: a call carries the id, not the queue.
-_queues: weakref.WeakValueDictionary[int, Queue[Any]] = weakref.WeakValueDictionary()
-_ids = itertools.count(1)
 
 
 class Queue(Generic[T]):
@@ -50,8 +39,8 @@ class Queue(Generic[T]):
         self._send, self._receive = anyio.create_memory_object_stream[bytes](
             maxsize if maxsize > 0 else math.inf
         )
-        self._id = next(_ids)
-        _queues[self._id] = self
+        # A call carries the id, not the queue.
+        self._id = register_queue(self)
 
     async def put(self, item: T) -> None:
         """Put ``item`` in the queue, waiting while it is full.
@@ -137,56 +126,33 @@ class Queue(Generic[T]):
         item: T = load_value(data, "an item of an anypool.Queue")
         return item
 
-    # --- what workers ask for ------------------------------------------------------------------
+    # --- what workers ask for (see backends._base.QueueEndpoint) -------------------------------
 
-    async def _serve_put(self, data: bytes, block: bool, timeout: float) -> bytes:
+    async def serve_put(self, data: bytes, block: bool, timeout: float) -> QueueStatus:
         try:
             if not block:
                 self._send.send_nowait(data)
-                return _OK
+                return QueueStatus.OK
             with anyio.move_on_after(math.inf if timeout < 0 else timeout):
                 await self._send.send(data)
-                return _OK
+                return QueueStatus.OK
         except anyio.WouldBlock:
             pass
         except anyio.ClosedResourceError:
-            return protocol.REPLY.pack(protocol.REPLY_CLOSED)
-        return protocol.REPLY.pack(protocol.REPLY_FULL)
+            return QueueStatus.CLOSED
+        return QueueStatus.FULL
 
-    async def _serve_get(self, block: bool, timeout: float) -> bytes:
+    async def serve_get(self, block: bool, timeout: float) -> tuple[QueueStatus, bytes]:
         try:
             if not block:
-                return _OK + self._receive.receive_nowait()
+                return QueueStatus.OK, self._receive.receive_nowait()
             with anyio.move_on_after(math.inf if timeout < 0 else timeout):
-                return _OK + await self._receive.receive()
+                return QueueStatus.OK, await self._receive.receive()
         except anyio.WouldBlock:
             pass
         except anyio.EndOfStream:
-            return protocol.REPLY.pack(protocol.REPLY_CLOSED)
-        return protocol.REPLY.pack(protocol.REPLY_EMPTY)
+            return QueueStatus.CLOSED, b""
+        return QueueStatus.EMPTY, b""
 
 
 Queue.__module__ = "anypool"
-
-
-async def serve_request(worker: WorkerHandle) -> None:
-    """Answer the queue request the worker is waiting on (``worker.queue_request``), once it
-    can be answered.
-
-    If this is cancelled before the reply is sent, the request stays in ``worker.queue_request``
-    for whoever reads the worker's pipe next.
-    """
-    assert worker.queue_request is not None
-    kind, body = worker.queue_request
-    queue_id, block, timeout = protocol.QUEUE_REQUEST.unpack_from(body)
-    target = _queues.get(queue_id)
-    if target is None:
-        reply = protocol.REPLY.pack(protocol.REPLY_GONE)
-    elif kind == protocol.QUEUE_PUT:
-        reply = await target._serve_put(bytes(body[protocol.QUEUE_REQUEST.size :]), block, timeout)
-    else:
-        reply = await target._serve_get(block, timeout)
-    worker.queue_request = None
-    # The worker reads while it waits for the reply, so this write finishes.
-    with anyio.CancelScope(shield=True):
-        await worker.channel.send(protocol.QUEUE_REPLY, reply)

@@ -16,7 +16,7 @@ from multiprocessing.process import BaseProcess
 
 import anyio
 
-from ..._queue import serve_request
+from .._base import QueueStatus, find_queue
 from . import wire
 from .child.worker import main as worker_main
 from .transport import MessageChannel
@@ -134,7 +134,28 @@ class WorkerHandle:
                 if frame[0] != wire.QUEUE_PUT and frame[0] != wire.QUEUE_GET:
                     return frame
                 self.queue_request = frame
-            await serve_request(self)
+            await self._serve_queue_request()
+
+    async def _serve_queue_request(self) -> None:
+        """Answer the queue request the worker is waiting on (``queue_request``), once it can
+        be answered. If this is cancelled before the reply is sent, the request stays for
+        whoever reads the pipe next."""
+        assert self.queue_request is not None
+        kind, body = self.queue_request
+        queue_id, block, timeout = wire.QUEUE_REQUEST.unpack_from(body)
+        target = find_queue(queue_id)
+        item = b""
+        if target is None:
+            status = QueueStatus.GONE
+        elif kind == wire.QUEUE_PUT:
+            put = bytes(body[wire.QUEUE_REQUEST.size :])
+            status = await target.serve_put(put, block, timeout)
+        else:
+            status, item = await target.serve_get(block, timeout)
+        self.queue_request = None
+        # The worker reads while it waits for the reply, so this write finishes.
+        with anyio.CancelScope(shield=True):
+            await self.channel.send(wire.QUEUE_REPLY, wire.REPLY.pack(status) + item)
 
     def close_pipe(self) -> None:
         """Close the parent's end: an idle worker exits when it sees end-of-file."""

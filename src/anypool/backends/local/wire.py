@@ -67,6 +67,7 @@ limit). A put's pickled item follows."""
 
 REPLY: Final = struct.Struct("<B")
 """The status of a queue request, one of the ``REPLY_*`` values; a get's item follows ``OK``."""
+# The values of backends._base.QueueStatus (which the worker side does not import).
 REPLY_OK: Final = 0
 REPLY_FULL: Final = 1
 REPLY_EMPTY: Final = 2
