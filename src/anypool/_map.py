@@ -31,8 +31,8 @@ _AUTO_CHUNK_BYTES = 1 << 20
 """The most pickled bytes ``chunksize="auto"`` aims to put in a chunk: large items go a few at
 a time, so that memory in flight stays small."""
 _CHUNKS_IN_FLIGHT = 3
-"""The default ``max_in_flight``, in chunks per worker: one running, one queued behind it, and
-one whose results the consumer is taking."""
+"""The default ``max_in_flight``, in chunks per worker: one running, one pickled and ready for
+the moment it is done, and one whose results the consumer is taking."""
 _AUTO_CHUNK_SECONDS = 0.01
 """How long ``chunksize="auto"`` aims for a chunk to run: long enough that the round trip to the
 worker is a small part of it, short enough that results keep flowing."""
@@ -61,8 +61,8 @@ class MapResults(ResultIterator[T]):
     """The results of :meth:`Pool.map`, as an async iterator and an async context manager.
 
     Input is taken from the iterable by a background task, a chunk at a time, at most
-    ``max_in_flight`` items ahead of the results handed out; a worker that runs short chunks
-    holds the next one already, so that it never waits for the parent. Leaving ``async with``,
+    ``max_in_flight`` items ahead of the results handed out, and run in lanes, each a chunk at a
+    time on one worker, as many as the pool has workers. Leaving ``async with``,
     :meth:`aclose`, or dropping the last reference to this object cancels the calls still
     running, killing their workers as a cancelled :meth:`Pool.run` does.
     """

@@ -1,7 +1,7 @@
-"""pool.map sends a worker its next chunk while it still runs one, so that it never waits for the
-parent in between. What that must not change: no frame size deadlocks the pipe, a worker that
-dies or retires loses no chunk it never started, calls waiting for a worker still get one, and
-``max_tasks_per_worker`` and ``kill_on_cancel=False`` mean what they say.
+"""pool.map runs its chunks in lanes, each on one worker at a time, that take their turn for a
+worker with the pool's other calls. What that must keep: no frame size deadlocks the pipe, a
+worker that dies or retires loses no chunk it never started, calls waiting for a worker still
+get one, and ``max_tasks_per_worker`` and ``kill_on_cancel=False`` mean what they say.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ async def test_chunks_larger_than_the_pipe_both_ways_do_not_deadlock() -> None:
     assert results == items
 
 
-async def test_items_queued_behind_one_that_kills_its_worker_run_on_another() -> None:
-    # One worker: the chunks behind the fatal one are in its pipe when it dies.
+async def test_items_after_one_that_kills_its_worker_run_on_another() -> None:
+    # One worker: the chunks after the fatal one run on its replacement.
     items = [(workers.identity, index) for index in range(40)]
     items[20] = (workers.exit_immediately, 3)
     async with anypool.Pool(1) as pool:
@@ -53,19 +53,18 @@ async def test_items_queued_behind_one_that_kills_its_worker_run_on_another() ->
 
 
 def _answer_one_then_retire(connection: multiprocessing.connection.Connection) -> None:
-    # Plays a worker whose idle timeout expires just as chunks are on their way: it answers the
-    # first, then, once two more wait in its pipe, announces its retirement and exits, as a
-    # worker does that never read them.
+    # Plays a worker whose idle timeout expires just as a chunk is on its way: it answers the
+    # first, then, once the next waits in its pipe, announces its retirement and exits, as a
+    # worker does that never read it.
     pipe = Pipe(connection.fileno(), None)
     message = pipe.receive()
     assert message is not None
     pipe.send(*_run(message[1]))
     pipe.receive()
-    pipe.receive()
     pipe.send(wire.RETIRING, b"")
 
 
-async def test_chunks_queued_for_a_worker_that_retires_run_on_a_new_one() -> None:
+async def test_a_chunk_sent_to_a_worker_that_retires_runs_on_a_new_one() -> None:
     # The race cannot be provoked from outside, so a stand-in worker takes the idle slot.
     async with anypool.Pool(1, start_method="fork") as pool:
         retiring = stand_in_worker(pool, _answer_one_then_retire)
@@ -122,7 +121,7 @@ async def test_map_replaces_each_worker_after_max_tasks_per_worker_chunks() -> N
 
 
 async def test_leaving_early_without_kill_on_cancel_lets_the_worker_run_its_chunks_out() -> None:
-    # Fast items first, so that the worker holds two chunks; those are slow.
+    # Fast items first; the chunk the worker runs when the consumer leaves is slow.
     items = [(workers.identity, index) for index in range(5)]
     items += [(workers.sleep_then_return, 0.2, "slow")] * 4
     async with anypool.Pool(1) as pool:
