@@ -25,8 +25,8 @@ import anypool
 from support import (
     ALL_BACKENDS,
     BACKEND_IDS,
-    POOL_BACKENDS,
     POLL_INTERVAL,
+    POOL_BACKENDS,
     descendants,
     open_fds,
     use_contract_backend,

@@ -14,9 +14,9 @@ import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil

@@ -20,8 +20,10 @@ import pytest
 
 import anypool
 import workers
+from support import contract_pool
 
 pytestmark = [
+    pytest.mark.usefixtures("contract_backend"),
     pytest.mark.anyio,
     # A case that hangs fails in a minute rather than after the suite's default timeout.
     pytest.mark.timeout(60),
@@ -155,7 +157,7 @@ def assert_big_zeros(value: object, size: int) -> None:
 async def test_run_unpicklable_argument_names_the_argument_and_its_type(
     make_argument: Callable[[], object], type_name: str
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         with pytest.raises(anypool.SerializationError) as info:
             await pool.run(workers.identity, make_argument())
@@ -175,7 +177,7 @@ async def test_run_unpicklable_argument_names_the_argument_and_its_type(
 async def test_map_unpicklable_item_names_its_type_and_the_other_items_are_served(
     make_item: Callable[[], object], type_name: str, return_exceptions: bool
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await map_outcome(
             pool, workers.identity, [1, 2, make_item(), 4, 5], return_exceptions=return_exceptions
@@ -197,7 +199,7 @@ async def test_map_unpicklable_item_names_its_type_and_the_other_items_are_serve
 async def test_stream_unpicklable_argument_names_the_argument_and_its_type(
     make_argument: Callable[[], object], type_name: str
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await stream_outcome(pool, workers.count_up, make_argument())
         assert received == []
@@ -221,7 +223,7 @@ async def test_stream_unpicklable_argument_names_the_argument_and_its_type(
 async def test_run_unpicklable_result_names_the_function_and_the_type_and_keeps_the_worker(
     what: str, type_name: str
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         with pytest.raises(anypool.SerializationError) as info:
             await pool.run(workers.misbehave, what)
@@ -239,7 +241,7 @@ async def test_run_unpicklable_result_names_the_function_and_the_type_and_keeps_
 async def test_map_unpicklable_result_names_the_function_and_the_type(
     what: str, type_name: str, return_exceptions: bool
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await map_outcome(
             pool,
@@ -264,7 +266,7 @@ async def test_map_unpicklable_result_names_the_function_and_the_type(
 async def test_stream_unpicklable_item_names_the_generator_and_the_type_and_keeps_the_worker(
     what: str, type_name: str, kind: str
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         fn = generator(kind)
         received, error = await stream_outcome(pool, fn, "before", what, "after")
@@ -295,7 +297,7 @@ UNPICKLABLE_EXCEPTION_IDS = ["reduce-raises", "reduce-raises-system-exit", "bott
 async def test_run_unpicklable_exception_becomes_remote_error_and_keeps_the_worker(
     what: str, type_name: str, message: str
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         error = await run_error(pool, workers.misbehave, what)
         assert_is_remote_error(error, type_name, message)
@@ -309,7 +311,7 @@ async def test_run_unpicklable_exception_becomes_remote_error_and_keeps_the_work
 async def test_map_unpicklable_exception_becomes_remote_error_in_its_place(
     what: str, type_name: str, message: str, return_exceptions: bool
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await map_outcome(
             pool,
@@ -329,7 +331,7 @@ async def test_map_unpicklable_exception_becomes_remote_error_in_its_place(
 async def test_stream_unpicklable_exception_becomes_remote_error_and_keeps_the_worker(
     what: str, type_name: str, message: str, kind: str
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await stream_outcome(pool, generator(kind), "before", what, "after")
         assert received == ["before"]
@@ -341,7 +343,7 @@ async def test_stream_unpicklable_exception_becomes_remote_error_and_keeps_the_w
 
 
 async def test_run_exception_with_a_10_mib_message_arrives_whole() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         with pytest.raises(ValueError, match=r"^huge message x") as info:
             await pool.run(workers.misbehave, f"huge-error:{HUGE_MESSAGE}")
@@ -353,7 +355,7 @@ async def test_run_exception_with_a_10_mib_message_arrives_whole() -> None:
 async def test_map_exception_with_a_10_mib_message_arrives_whole_in_its_place(
     return_exceptions: bool,
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await map_outcome(
             pool,
@@ -368,7 +370,7 @@ async def test_map_exception_with_a_10_mib_message_arrives_whole_in_its_place(
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_stream_exception_with_a_10_mib_message_arrives_whole(kind: str) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await stream_outcome(
             pool, generator(kind), "before", f"huge-error:{HUGE_MESSAGE}", "after"
@@ -382,7 +384,7 @@ async def test_stream_exception_with_a_10_mib_message_arrives_whole(kind: str) -
 
 
 async def test_run_result_of_300_mib_arrives_whole_and_keeps_the_worker() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         result = await pool.run(workers.zeros, BIG_RESULT)
         assert_big_zeros(result, BIG_RESULT)
@@ -391,7 +393,7 @@ async def test_run_result_of_300_mib_arrives_whole_and_keeps_the_worker() -> Non
 
 
 async def test_map_result_of_64_mib_arrives_whole_among_small_ones() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await map_outcome(
             pool, workers.zeros, [1, BIG_ITEM, 2], return_exceptions=False
@@ -407,7 +409,7 @@ async def test_map_result_of_64_mib_arrives_whole_among_small_ones() -> None:
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_stream_item_of_64_mib_arrives_whole_among_small_ones(kind: str) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await stream_outcome(
             pool, generator(kind), "before", f"zeros:{BIG_ITEM}", "after"
@@ -428,7 +430,7 @@ async def test_stream_item_of_64_mib_arrives_whole_among_small_ones(kind: str) -
 
 
 async def test_run_result_whose_unpickling_exits_raises_serialization_error() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         error = await run_error(pool, workers.return_exits_when_unpickled)
         assert type(error) is anypool.SerializationError
@@ -442,7 +444,7 @@ async def test_run_result_whose_unpickling_exits_raises_serialization_error() ->
 async def test_map_result_whose_unpickling_exits_raises_serialization_error_in_its_place(
     return_exceptions: bool,
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await map_outcome(
             pool,
@@ -458,7 +460,7 @@ async def test_map_result_whose_unpickling_exits_raises_serialization_error_in_i
 
 
 async def test_stream_item_whose_unpickling_exits_raises_serialization_error() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await stream_outcome(
             pool, workers.yield_exits_when_unpickled_between, "before", "after"
@@ -496,7 +498,7 @@ async def test_run_argument_that_fails_to_unpickle_in_the_worker_is_named(
             return [bad(item) for item in value]
         return value
 
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         with pytest.raises(anypool.SerializationError) as info:
             await pool.run(
@@ -519,7 +521,7 @@ async def test_run_argument_that_fails_to_unpickle_in_the_worker_is_named(
 
 
 async def test_map_item_that_fails_to_unpickle_in_the_worker_is_named_in_its_place() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         items = [1, 2, workers.FailsToUnpickle(), 3]
         received, error = await map_outcome(pool, workers.identity, items, return_exceptions=True)
@@ -531,7 +533,7 @@ async def test_map_item_that_fails_to_unpickle_in_the_worker_is_named_in_its_pla
 
 
 async def test_stream_argument_that_fails_to_unpickle_in_the_worker_is_named() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         received, error = await stream_outcome(pool, workers.count_up, workers.FailsToUnpickle())
         assert received == []
@@ -542,7 +544,7 @@ async def test_stream_argument_that_fails_to_unpickle_in_the_worker_is_named() -
 
 
 async def test_channel_argument_that_fails_to_unpickle_in_the_worker_is_named() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
         with pytest.raises(anypool.SerializationError) as info:
             async with pool.open_channel(workers.channel_echo_with, workers.FailsToUnpickle()):

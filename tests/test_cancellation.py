@@ -16,9 +16,9 @@ import pytest
 
 import anypool
 import workers
-from support import Victim, bystander_call, gone, pool_processes, read_pid
+from support import Victim, bystander_call, contract_pool, gone, pool_processes, read_pid
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("contract_backend")]
 
 
 async def expire_when_started(victim: Victim, scope: anyio.CancelScope) -> None:
@@ -36,7 +36,7 @@ async def run_under_fail_after(victim: Victim) -> None:
 
 
 async def test_fail_after_kills_the_worker_running_the_call(tmp_path) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         victim = Victim(pool, tmp_path)
         async with bystander_call(pool, tmp_path):
             with pytest.raises(TimeoutError):
@@ -46,7 +46,7 @@ async def test_fail_after_kills_the_worker_running_the_call(tmp_path) -> None:
 
 
 async def test_move_on_after_kills_the_worker_running_the_call(tmp_path) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         victim = Victim(pool, tmp_path)
         async with bystander_call(pool, tmp_path):
             with anyio.move_on_after(60) as scope:
@@ -59,7 +59,7 @@ async def test_move_on_after_kills_the_worker_running_the_call(tmp_path) -> None
 
 
 async def test_cancelled_task_group_kills_the_worker_running_the_call(tmp_path) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         victim = Victim(pool, tmp_path)
         async with bystander_call(pool, tmp_path), anyio.create_task_group() as group:
             group.start_soon(victim.run)
@@ -70,7 +70,7 @@ async def test_cancelled_task_group_kills_the_worker_running_the_call(tmp_path) 
 
 
 async def test_cancel_kills_only_the_worker_running_the_call(tmp_path) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         victim = Victim(pool, tmp_path)
         async with bystander_call(pool, tmp_path) as bystander_pid:
             async with anyio.create_task_group() as group:
@@ -83,7 +83,7 @@ async def test_cancel_kills_only_the_worker_running_the_call(tmp_path) -> None:
 
 
 async def test_next_call_after_a_cancellation_runs_on_a_new_worker(tmp_path) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         victim = Victim(pool, tmp_path)
         async with anyio.create_task_group() as group:
             group.start_soon(victim.run)
@@ -95,7 +95,7 @@ async def test_next_call_after_a_cancellation_runs_on_a_new_worker(tmp_path) -> 
 
 
 async def test_call_in_an_already_cancelled_scope_raises_and_starts_no_worker() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         reached_after_run = False
         with anyio.CancelScope() as scope:
             scope.cancel()
@@ -108,7 +108,7 @@ async def test_call_in_an_already_cancelled_scope_raises_and_starts_no_worker() 
 
 
 async def test_call_in_an_already_cancelled_scope_is_never_sent_to_the_idle_worker() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         with anyio.CancelScope() as scope:
             scope.cancel()
@@ -128,7 +128,7 @@ async def test_cancel_while_waiting_for_a_worker_does_not_disturb_the_running_ca
     async def hold() -> None:
         results.append(await pool.run(workers.write_pid_and_wait_for, tmp_path / "pid", release))
 
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         async with anyio.create_task_group() as group:
             group.start_soon(hold)
             pid = await read_pid(tmp_path / "pid")
@@ -148,7 +148,7 @@ async def test_cancel_while_waiting_for_a_worker_does_not_disturb_the_running_ca
 async def test_worker_ignoring_sigterm_is_killed_after_kill_grace(tmp_path) -> None:
     kill_grace = 0.5
     marker = tmp_path / "got-sigterm"
-    async with anypool.Pool(1, kill_grace=kill_grace) as pool:
+    async with contract_pool(1, kill_grace=kill_grace) as pool:
         async with anyio.create_task_group() as group:
             group.start_soon(pool.run, workers.note_sigterm_and_sleep, tmp_path / "pid", marker, 60)
             pid = await read_pid(tmp_path / "pid")
@@ -163,7 +163,7 @@ async def test_worker_ignoring_sigterm_is_killed_after_kill_grace(tmp_path) -> N
 
 async def test_kill_on_cancel_false_returns_promptly_and_keeps_the_worker(tmp_path) -> None:
     release = tmp_path / "release"
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         patient = pool.with_options(kill_on_cancel=False)
         pid = await pool.run(workers.current_pid)
         with anyio.move_on_after(60) as scope:
@@ -189,7 +189,7 @@ async def test_kill_on_cancel_false_returns_promptly_and_keeps_the_worker(tmp_pa
 
 
 async def test_kill_on_cancel_false_discards_the_abandoned_result(tmp_path) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         patient = pool.with_options(kill_on_cancel=False)
         with anyio.move_on_after(60) as scope:
             async with anyio.create_task_group() as group:
@@ -207,12 +207,12 @@ async def test_kill_on_cancel_false_discards_the_abandoned_result(tmp_path) -> N
 
 
 async def test_kill_on_cancel_is_passed_to_the_function_as_a_keyword_argument() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         assert await pool.run(workers.keyword_arguments, kill_on_cancel=1) == {"kill_on_cancel": 1}
 
 
 async def test_with_options_view_shares_workers_and_lifecycle_with_the_pool() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         patient = pool.with_options(kill_on_cancel=False)
         pid = await pool.run(workers.current_pid)
         assert await patient.run(workers.current_pid) == pid
@@ -225,7 +225,7 @@ async def test_with_options_view_shares_workers_and_lifecycle_with_the_pool() ->
 
 async def test_workers_ignore_sigint(tmp_path) -> None:
     release = tmp_path / "release"
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         async with anyio.create_task_group() as group:
             results: list[str] = []
 
@@ -248,7 +248,7 @@ async def test_workers_ignore_sigint(tmp_path) -> None:
 async def test_cancel_reaps_the_worker_under_every_start_method(
     start_method: str, tmp_path
 ) -> None:
-    async with anypool.Pool(1, start_method=start_method) as pool:
+    async with contract_pool(1, start_method=start_method) as pool:
         victim = Victim(pool, tmp_path)
         async with anyio.create_task_group() as group:
             group.start_soon(victim.run)

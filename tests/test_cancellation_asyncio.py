@@ -7,11 +7,18 @@ import asyncio
 
 import pytest
 
-import anypool
 import workers
-from support import ASYNCIO_BACKEND_IDS, ASYNCIO_BACKENDS, Victim, bystander_call, read_pid
+from support import (
+    ASYNCIO_BACKEND_IDS,
+    ASYNCIO_BACKENDS,
+    Victim,
+    bystander_call,
+    contract_pool,
+    read_pid,
+)
 
 pytestmark = [
+    pytest.mark.usefixtures("contract_backend"),
     pytest.mark.anyio,
     pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS, ids=ASYNCIO_BACKEND_IDS),
 ]
@@ -33,7 +40,7 @@ async def run_under_asyncio_timeout(victim: Victim) -> None:
 
 
 async def test_asyncio_timeout_kills_the_worker_running_the_call(tmp_path) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         victim = Victim(pool, tmp_path)
         async with bystander_call(pool, tmp_path):
             with pytest.raises(TimeoutError):
@@ -43,7 +50,7 @@ async def test_asyncio_timeout_kills_the_worker_running_the_call(tmp_path) -> No
 
 
 async def test_asyncio_wait_for_kills_the_worker_running_the_call(tmp_path) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         victim = Victim(pool, tmp_path)
         async with bystander_call(pool, tmp_path):
             # Warm the victim's worker, so that the call is surely running when the timeout hits.
@@ -56,7 +63,7 @@ async def test_asyncio_wait_for_kills_the_worker_running_the_call(tmp_path) -> N
 
 
 async def test_task_cancel_kills_the_worker_running_the_call(tmp_path) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         victim = Victim(pool, tmp_path)
         async with bystander_call(pool, tmp_path):
             task = asyncio.create_task(victim.run())
@@ -70,7 +77,7 @@ async def test_task_cancel_kills_the_worker_running_the_call(tmp_path) -> None:
 
 async def test_task_cancel_with_kill_on_cancel_false_keeps_the_worker(tmp_path) -> None:
     release = tmp_path / "release"
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         patient = pool.with_options(kill_on_cancel=False)
         task = asyncio.create_task(
             patient.run(workers.write_pid_and_wait_for, tmp_path / "pid", release)

@@ -47,7 +47,7 @@ import pytest
 
 import anypool
 import workers
-from support import ASYNCIO_BACKEND_IDS, ASYNCIO_BACKENDS, dead, wait_until_async
+from support import ASYNCIO_BACKEND_IDS, ASYNCIO_BACKENDS, contract_pool, dead, wait_until_async
 
 SEED_VARIABLE = "ANYPOOL_FUZZ_SEED"
 ITERATIONS_VARIABLE = "ANYPOOL_FUZZ_ITERATIONS"
@@ -64,6 +64,7 @@ MAX_ITEMS = 24
 SCENARIO_DEADLINE = 20.0
 
 pytestmark = [
+    pytest.mark.usefixtures("contract_backend"),
     pytest.mark.anyio,
     # A hang fails in a minute rather than after the suite's default timeout, however many
     # scenarios run.
@@ -561,7 +562,7 @@ async def fuzz(
     rng = random.Random(f"{SEED}:{request.node.name}")
     started = time.monotonic()
     endings: collections.Counter[str] = collections.Counter()
-    async with anypool.Pool(MAX_WORKERS) as pool:
+    async with contract_pool(MAX_WORKERS) as pool:
         for iteration in range(count):
             scenario = draw(rng)
             context = f"[{SEED_VARIABLE}={SEED} {request.node.nodeid} #{iteration}] {scenario}"
@@ -634,7 +635,7 @@ async def test_a_stream_delivers_the_items_yielded_before_its_worker_died(kind: 
     # the pipe.
     steps = [(0.0, "ok")] * 40 + [(0.0, "exit")]
     received: list[int] = []
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)  # the one worker, which then runs the stream
 
         async def consume_slowly() -> None:
@@ -659,7 +660,7 @@ async def test_a_stream_delivers_the_items_yielded_before_its_worker_died(kind: 
 async def test_leaving_a_map_sends_no_chunk_whose_task_had_not_run_yet() -> None:
     # Found by the fuzz tests: such a chunk took an idle worker (no checkpoint on the way), was
     # sent to it, and the cancellation then killed that worker.
-    async with anypool.Pool(MAX_WORKERS) as pool:
+    async with contract_pool(MAX_WORKERS) as pool:
         await pool.run(workers.square, 1)  # a warm, idle worker
         for _ in range(5):
             next_item_taken = anyio.Event()

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import trio
 
-import anypool
 import workers
-from support import Victim, bystander_call
+from support import Victim, bystander_call, contract_pool
 
-pytestmark = pytest.mark.trio
+pytestmark = [pytest.mark.trio, pytest.mark.usefixtures("contract_backend")]
 
 
 async def test_trio_move_on_after_kills_the_worker_running_the_call(tmp_path) -> None:
@@ -18,7 +17,7 @@ async def test_trio_move_on_after_kills_the_worker_running_the_call(tmp_path) ->
         await victim.started()
         scope.deadline = trio.current_time()
 
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         victim = Victim(pool, tmp_path)
         async with bystander_call(pool, tmp_path):
             with trio.move_on_after(60) as scope:
@@ -44,7 +43,7 @@ async def run_under_trio_fail_after(victim: Victim) -> None:
 
 
 async def test_trio_fail_after_raises_too_slow_error_and_kills_the_worker(tmp_path) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         victim = Victim(pool, tmp_path)
         with pytest.raises(trio.TooSlowError):
             await run_under_trio_fail_after(victim)
@@ -53,7 +52,7 @@ async def test_trio_fail_after_raises_too_slow_error_and_kills_the_worker(tmp_pa
 
 
 async def test_cancelled_nursery_kills_the_worker_running_the_call(tmp_path) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         victim = Victim(pool, tmp_path)
         async with bystander_call(pool, tmp_path), trio.open_nursery() as nursery:
             nursery.start_soon(victim.run)

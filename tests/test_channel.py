@@ -34,6 +34,7 @@ import workers
 from support import (
     ASYNCIO_BACKEND_IDS,
     ASYNCIO_BACKENDS,
+    contract_pool,
     dead,
     gone,
     read_pid,
@@ -43,6 +44,7 @@ from support import (
 )
 
 pytestmark = [
+    pytest.mark.usefixtures("contract_backend"),
     pytest.mark.anyio,
     # A channel that hangs fails in seconds rather than after the suite's default timeout.
     pytest.mark.timeout(30),
@@ -68,7 +70,7 @@ def channel_function(name: str, kind: str) -> Callable[..., Any]:
 
 
 def new_pool(max_workers: int = 1, kill_grace: float = KILL_GRACE) -> anypool.Pool:
-    return anypool.Pool(max_workers, kill_grace=kill_grace)
+    return contract_pool(max_workers, kill_grace=kill_grace)
 
 
 def caller_library() -> str:

@@ -17,9 +17,17 @@ import pytest
 import anypool
 import workers
 from anypool.backends.local.workers import FIRST_START_DELAY
-from support import gone, pool_processes, read_pid, run_script, stays_true, write_script
+from support import (
+    contract_pool,
+    gone,
+    pool_processes,
+    read_pid,
+    run_script,
+    stays_true,
+    write_script,
+)
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("contract_backend")]
 
 WORKERS_FILE = os.path.basename(workers.__file__)
 # Enough worker deaths to catch a race on the exit status (without the fix, most runs lose one).
@@ -31,7 +39,7 @@ POLL_INTERVAL = 0.0001
 
 
 async def test_exception_keeps_its_type_and_message() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(ValueError, match=r"^bad value$") as info:
             await pool.run(workers.raise_value_error, "bad value")
     assert type(info.value) is ValueError
@@ -39,7 +47,7 @@ async def test_exception_keeps_its_type_and_message() -> None:
 
 
 async def test_exception_keeps_its_custom_type_and_attributes() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(workers.CustomError) as info:
             await pool.run(workers.raise_custom_error, 42, "no answer")
     assert info.value.args == (42, "no answer")
@@ -47,7 +55,7 @@ async def test_exception_keeps_its_custom_type_and_attributes() -> None:
 
 
 async def test_exception_cause_is_the_remote_traceback() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(ValueError, match="bad value") as info:
             await pool.run(workers.raise_value_error, "bad value")
     cause = info.value.__cause__
@@ -61,14 +69,14 @@ async def test_exception_cause_is_the_remote_traceback() -> None:
 
 
 async def test_exception_from_a_lambda_names_the_lambda_in_the_remote_traceback() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(ZeroDivisionError) as info:
             await pool.run(lambda: 1 / 0)
     assert "<lambda>" in str(info.value.__cause__)
 
 
 async def test_pool_serves_the_next_call_on_the_same_worker_after_an_exception() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         with pytest.raises(ValueError, match="bad value"):
             await pool.run(workers.raise_value_error, "bad value")
@@ -89,7 +97,7 @@ async def test_pool_serves_the_next_call_on_the_same_worker_after_an_exception()
 async def test_exception_that_cannot_be_delivered_becomes_remote_error(
     function, type_name: str, message: str
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(anypool.RemoteError) as info:
             await pool.run(function)
         error = info.value
@@ -102,7 +110,7 @@ async def test_exception_that_cannot_be_delivered_becomes_remote_error(
 
 
 async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_and_state() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(workers.QuotaError) as info:
             await pool.run(workers.raise_quota_error, "ann", 12)
         assert_is_the_quota_error(info.value, "ann", 12)
@@ -121,7 +129,7 @@ def assert_is_the_quota_error(error: BaseException, user: str, used: int) -> Non
 
 
 async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_in_a_map() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(
             workers.raise_quota_error_for_negative, [1, -5, 2], return_exceptions=True
         )
@@ -139,7 +147,7 @@ async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_i
         async for item in pool.stream(workers.yield_then_raise_quota_error, "bo", 3):
             received.append(item)
 
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(workers.QuotaError) as info:
             await consume(pool)
     assert received == [1]
@@ -155,7 +163,7 @@ async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_i
             await channel.send("go")
             await channel.receive()
 
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(workers.QuotaError) as info:
             await talk(pool)
     assert_is_the_quota_error(info.value, "cy", 7)
@@ -164,7 +172,7 @@ async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_i
 async def test_exception_whose_type_the_parent_cannot_import_becomes_remote_error(
     tmp_path,
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(anypool.RemoteError) as info:
             await pool.run(workers.raise_error_of_a_module_only_the_worker_has, tmp_path)
     assert info.value.type_name == "only_in_the_worker.WorkerOnlyError"
@@ -173,7 +181,7 @@ async def test_exception_whose_type_the_parent_cannot_import_becomes_remote_erro
 
 
 async def test_sys_exit_in_the_function_becomes_remote_error_and_the_parent_lives_on() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(anypool.RemoteError) as info:
             await pool.run(workers.exit_with, 3)
         assert info.value.type_name == "SystemExit"
@@ -183,7 +191,7 @@ async def test_sys_exit_in_the_function_becomes_remote_error_and_the_parent_live
 
 
 async def test_keyboard_interrupt_in_the_function_becomes_remote_error() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(anypool.RemoteError) as info:
             await pool.run(workers.raise_keyboard_interrupt)
         assert info.value.type_name == "KeyboardInterrupt"
@@ -194,7 +202,7 @@ async def test_keyboard_interrupt_in_the_function_becomes_remote_error() -> None
 
 
 async def test_worker_exiting_during_a_call_raises_broken_worker_error() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         with pytest.raises(anypool.BrokenWorkerError) as info:
             await pool.run(workers.exit_immediately, 3)
@@ -208,7 +216,7 @@ async def test_worker_exiting_during_a_call_raises_broken_worker_error() -> None
 
 
 async def test_worker_killed_from_outside_raises_broken_worker_error(tmp_path) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         outcome: list[BaseException] = []
 
         async def call() -> None:
@@ -230,7 +238,7 @@ async def test_worker_killed_from_outside_raises_broken_worker_error(tmp_path) -
 
 
 async def test_worker_crashing_with_a_segfault_raises_broken_worker_error() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         with pytest.raises(anypool.BrokenWorkerError) as info:
             await pool.run(workers.crash_with_segfault)
@@ -242,7 +250,7 @@ async def test_worker_crashing_with_a_segfault_raises_broken_worker_error() -> N
 
 
 async def test_broken_worker_error_is_counted_and_the_worker_replaced() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(anypool.BrokenWorkerError):
             await pool.run(workers.exit_immediately, 3)
         stats = pool.stats()
@@ -253,7 +261,7 @@ async def test_broken_worker_error_is_counted_and_the_worker_replaced() -> None:
 
 
 async def test_unpicklable_argument_raises_serialization_error_naming_it() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(anypool.SerializationError) as info:
             await pool.run(workers.identity, threading.Lock())
     error = info.value
@@ -266,7 +274,7 @@ async def test_unpicklable_argument_raises_serialization_error_naming_it() -> No
 
 
 async def test_unpicklable_keyword_argument_raises_serialization_error_naming_it() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(anypool.SerializationError) as info:
             await pool.run(workers.keyword_arguments, fine=1, x=threading.Lock())
     assert "keyword argument 'x'" in str(info.value)
@@ -274,7 +282,7 @@ async def test_unpicklable_keyword_argument_raises_serialization_error_naming_it
 
 
 async def test_unpicklable_argument_keeps_the_worker() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         with pytest.raises(anypool.SerializationError):
             await pool.run(workers.identity, threading.Lock())
@@ -282,7 +290,7 @@ async def test_unpicklable_argument_keeps_the_worker() -> None:
 
 
 async def test_unpicklable_result_raises_serialization_error_and_keeps_the_worker() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         with pytest.raises(anypool.SerializationError) as info:
             await pool.run(workers.return_lock)
@@ -293,7 +301,7 @@ async def test_unpicklable_result_raises_serialization_error_and_keeps_the_worke
 
 
 async def test_result_that_cannot_be_unpickled_raises_serialization_error() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         with pytest.raises(anypool.SerializationError) as info:
             await pool.run(workers.return_unloadable_result)
@@ -305,7 +313,7 @@ async def test_result_that_cannot_be_unpickled_raises_serialization_error() -> N
 
 
 async def test_failing_initializer_raises_initializer_error_with_the_cause_chain() -> None:
-    async with anypool.Pool(1, initializer=workers.failing_initializer) as pool:
+    async with contract_pool(1, initializer=workers.failing_initializer) as pool:
         with pytest.raises(anypool.InitializerError) as info:
             await pool.run(workers.square, 2)
     assert isinstance(info.value, RuntimeError)
@@ -319,7 +327,7 @@ async def test_failing_initializer_raises_initializer_error_with_the_cause_chain
 
 
 async def test_failing_initializer_does_not_respawn_workers_in_a_loop() -> None:
-    async with anypool.Pool(2, initializer=workers.failing_initializer) as pool:
+    async with contract_pool(2, initializer=workers.failing_initializer) as pool:
         with pytest.raises(anypool.InitializerError):
             await pool.run(workers.square, 2)
         stats = pool.stats()
@@ -338,7 +346,7 @@ async def test_failing_initializer_does_not_respawn_workers_in_a_loop() -> None:
 
 async def test_failing_initializer_backs_off_each_new_worker_longer() -> None:
     started = anyio.current_time()
-    async with anypool.Pool(1, initializer=workers.failing_initializer) as pool:
+    async with contract_pool(1, initializer=workers.failing_initializer) as pool:
         for _ in range(4):
             with pytest.raises(anypool.InitializerError):
                 await pool.run(workers.square, 2)
@@ -350,7 +358,7 @@ async def test_failing_initializer_backs_off_each_new_worker_longer() -> None:
 
 
 async def test_a_call_waiting_out_the_back_off_can_be_cancelled() -> None:
-    async with anypool.Pool(1, initializer=workers.failing_initializer) as pool:
+    async with contract_pool(1, initializer=workers.failing_initializer) as pool:
         for _ in range(3):
             with pytest.raises(anypool.InitializerError):
                 await pool.run(workers.square, 2)
@@ -365,7 +373,7 @@ async def test_a_hanging_initializer_holds_its_call_until_the_callers_deadline_k
     tmp_path,
 ) -> None:
     pid_path = tmp_path / "pid"
-    async with anypool.Pool(
+    async with contract_pool(
         1, initializer=workers.hanging_initializer, initargs=(pid_path,), kill_grace=0.5
     ) as pool:
         with anyio.move_on_after(10) as scope:
@@ -381,7 +389,7 @@ async def test_a_hanging_initializer_holds_its_call_until_the_callers_deadline_k
 
 async def test_back_off_ends_once_a_worker_runs_a_call(tmp_path) -> None:
     counter = tmp_path / "initializer-runs"
-    async with anypool.Pool(
+    async with contract_pool(
         1, initializer=workers.initializer_failing_times, initargs=(counter, 2)
     ) as pool:
         for _ in range(2):
@@ -396,7 +404,7 @@ async def test_back_off_ends_once_a_worker_runs_a_call(tmp_path) -> None:
 
 
 async def test_run_on_a_closed_pool_raises_pool_closed_error() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pass
     with pytest.raises(anypool.PoolClosedError, match="closed") as info:
         await pool.run(workers.square, 2)
@@ -404,7 +412,7 @@ async def test_run_on_a_closed_pool_raises_pool_closed_error() -> None:
 
 
 async def test_errors_do_not_leave_worker_processes_behind() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(anypool.BrokenWorkerError):
             await pool.run(workers.exit_immediately, 3)
         with pytest.raises(ValueError, match="bad"):
@@ -418,7 +426,7 @@ async def test_errors_do_not_leave_worker_processes_behind() -> None:
 async def test_broken_worker_error_reports_the_exit_code_under_every_start_method(
     start_method: str,
 ) -> None:
-    async with anypool.Pool(1, start_method=start_method) as pool:
+    async with contract_pool(1, start_method=start_method) as pool:
         pid = await pool.run(workers.current_pid)
         with pytest.raises(anypool.BrokenWorkerError) as info:
             await pool.run(workers.exit_immediately, 7)
@@ -444,7 +452,7 @@ async def test_exit_codes_survive_a_thread_polling_multiprocessing_children(
     poller = threading.Thread(target=poll_children)
     poller.start()
     try:
-        async with anypool.Pool(2, start_method=start_method) as pool:
+        async with contract_pool(2, start_method=start_method) as pool:
             for _ in range(DEATHS_UNDER_POLLING):
                 with pytest.raises(anypool.BrokenWorkerError) as info:
                     await pool.run(workers.exit_immediately, 7)

@@ -30,9 +30,18 @@ import pytest
 
 import anypool
 import workers
-from support import bystander_call, dead, gone, pool_processes, read_pid, wait_until_async
+from support import (
+    bystander_call,
+    contract_pool,
+    dead,
+    gone,
+    pool_processes,
+    read_pid,
+    wait_until_async,
+)
 
 pytestmark = [
+    pytest.mark.usefixtures("contract_backend"),
     pytest.mark.anyio,
     # A fault that hangs the pool fails in seconds rather than after the suite's default timeout.
     pytest.mark.timeout(30),
@@ -152,7 +161,7 @@ async def test_run_fault_fails_only_that_call(fault_name: str, tmp_path) -> None
     async def consume(received: list[object]) -> None:
         received.append(await pool.run(workers.meet_fault, fault.name, fault.pid_file))
 
-    async with anypool.Pool(2, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(2, kill_grace=KILL_GRACE) as pool:
         async with bystander_call(pool, tmp_path) as bystander_pid:
             await fault.provoke(consume)
             assert fault.pid != bystander_pid
@@ -171,7 +180,7 @@ async def test_map_fault_is_raised_after_the_results_before_it(fault_name: str, 
             async for result in results:
                 received.append(result)
 
-    async with anypool.Pool(2, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(2, kill_grace=KILL_GRACE) as pool:
         async with bystander_call(pool, tmp_path) as bystander_pid:
             await fault.provoke(consume)
             assert fault.pid != bystander_pid
@@ -198,7 +207,7 @@ async def test_map_fault_with_return_exceptions_takes_its_items_place(
             async for result in results:
                 received.append(result)
 
-    async with anypool.Pool(2, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(2, kill_grace=KILL_GRACE) as pool:
         async with bystander_call(pool, tmp_path) as bystander_pid:
             await fault.provoke(consume)
             assert fault.error is None
@@ -222,7 +231,7 @@ async def test_stream_fault_is_raised_after_the_items_before_it(
             async for item in items:
                 received.append(item)
 
-    async with anypool.Pool(2, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(2, kill_grace=KILL_GRACE) as pool:
         async with bystander_call(pool, tmp_path) as bystander_pid:
             await fault.provoke(consume)
             assert fault.pid != bystander_pid
@@ -259,7 +268,7 @@ async def test_run_cancelled_kills_a_worker_resisting_sigterm_after_kill_grace(
     how: str, tmp_path
 ) -> None:
     pid_file, marker = tmp_path / "pid", tmp_path / "got-sigterm"
-    async with anypool.Pool(1, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(1, kill_grace=KILL_GRACE) as pool:
         async with anyio.create_task_group() as group:
             group.start_soon(pool.run, workers.resist_sigterm_and_wait, how, pid_file, marker)
             pid = await read_pid(pid_file)
@@ -281,7 +290,7 @@ async def test_map_left_early_kills_a_worker_resisting_sigterm_after_kill_grace(
 ) -> None:
     pid_file, marker = tmp_path / "pid", tmp_path / "got-sigterm"
     items = [(workers.identity, "done"), (workers.resist_sigterm_and_wait, how, pid_file, marker)]
-    async with anypool.Pool(2, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(2, kill_grace=KILL_GRACE) as pool:
         with anyio.CancelScope() as scope:
             async with pool.map(workers.apply, items) as results:
                 async for result in results:
@@ -312,7 +321,7 @@ async def test_stream_left_early_kills_a_busy_worker_after_kill_grace(
     # worker gets SIGKILL, with no second grace for a SIGTERM.
     marker, busy = tmp_path / "got-sigterm", tmp_path / "busy"
     fn = workers.yield_pid_resisting_sigterm
-    async with anypool.Pool(1, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(1, kill_grace=KILL_GRACE) as pool:
         with anyio.CancelScope() as scope:
             async with pool.stream(fn, how, marker, busy) as items:
                 async for item in items:
@@ -344,7 +353,7 @@ async def test_stream_generator_sleeping_through_generator_exit_is_killed_after_
         if kind == "sync"
         else workers.async_yield_pid_ignoring_generator_exit
     )
-    async with anypool.Pool(1, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(1, kill_grace=KILL_GRACE) as pool:
         with anyio.CancelScope() as scope:
             async with pool.stream(fn, marker, "sleep") as items:
                 async for item in items:
@@ -377,7 +386,7 @@ async def test_stream_generator_yielding_after_generator_exit_is_closed_and_keep
         if kind == "sync"
         else workers.async_yield_pid_ignoring_generator_exit
     )
-    async with anypool.Pool(1, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(1, kill_grace=KILL_GRACE) as pool:
         async with pool.stream(fn, marker, "yield") as items:
             async for item in items:
                 pid = item

@@ -15,6 +15,7 @@ import pytest
 import anypool
 import workers
 from support import (
+    contract_pool,
     dead,
     gone,
     pool_processes,
@@ -25,11 +26,11 @@ from support import (
     write_script,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("contract_backend")]
 
 
 async def test_run_after_close_raises_pool_closed_error() -> None:
-    pool = anypool.Pool(1)
+    pool = contract_pool(1)
     assert await pool.run(workers.square, 2) == 4
     pool.close()
     with pytest.raises(anypool.PoolClosedError):
@@ -39,7 +40,7 @@ async def test_run_after_close_raises_pool_closed_error() -> None:
 
 @pytest.mark.parametrize("how", ["async-with", "close", "terminate"])
 async def test_entering_a_closed_pool_raises_pool_closed_error(how: str) -> None:
-    pool = anypool.Pool(1)
+    pool = contract_pool(1)
     if how == "async-with":
         async with pool:
             assert await pool.run(workers.square, 2) == 4
@@ -53,7 +54,7 @@ async def test_entering_a_closed_pool_raises_pool_closed_error(how: str) -> None
 
 
 async def test_a_pool_dropped_unclosed_warns_and_its_workers_are_stopped(tmp_path) -> None:
-    pools = [anypool.Pool(2)]
+    pools = [contract_pool(2)]
     await pools[0].__aenter__()
     async with anyio.create_task_group() as group:
         for name in ("first", "second"):
@@ -84,7 +85,7 @@ async def test_join_waits_for_running_and_queued_calls_then_stops_the_workers(tm
         await pool.join()
         events.append("joined")
 
-    pool = anypool.Pool(1)
+    pool = contract_pool(1)
     async with anyio.create_task_group() as group:
         group.start_soon(call, 1)
         pid = await read_pid(tmp_path / "1.pid")
@@ -101,7 +102,7 @@ async def test_join_waits_for_running_and_queued_calls_then_stops_the_workers(tm
 
 
 async def test_join_before_close_raises() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(RuntimeError):
             await pool.join()
 
@@ -118,7 +119,7 @@ async def test_terminate_kills_busy_workers_and_their_calls_raise_pool_closed_er
         except anypool.PoolClosedError as error:
             outcomes.append(error)
 
-    pool = anypool.Pool(2, kill_grace=0.5)
+    pool = contract_pool(2, kill_grace=0.5)
     async with anyio.create_task_group() as group:
         group.start_soon(call, 1)
         group.start_soon(call, 2)
@@ -141,7 +142,7 @@ async def test_terminate_fails_calls_waiting_for_a_worker(tmp_path) -> None:
         except anypool.PoolClosedError:
             outcomes.append(f"call {index} closed")
 
-    pool = anypool.Pool(1)
+    pool = contract_pool(1)
     async with anyio.create_task_group() as group:
         group.start_soon(call, 1)
         await read_pid(tmp_path / "1.pid")
@@ -153,7 +154,7 @@ async def test_terminate_fails_calls_waiting_for_a_worker(tmp_path) -> None:
 
 
 async def test_terminate_stops_idle_workers() -> None:
-    pool = anypool.Pool(1)
+    pool = contract_pool(1)
     pid = await pool.run(workers.current_pid)
     await pool.terminate()
     assert gone(pid)
@@ -176,7 +177,7 @@ async def test_leaving_async_with_normally_waits_for_calls_started_in_a_task_gro
         )
 
     async with anyio.create_task_group() as group:
-        async with anypool.Pool(1) as pool:
+        async with contract_pool(1) as pool:
             group.start_soon(handle_request)
             pid = await read_pid(tmp_path / "pid")
         assert results == ["finished"]
@@ -194,7 +195,7 @@ async def test_leaving_async_with_by_an_exception_terminates_the_pool(tmp_path) 
             outcomes.append(error)
 
     async def serve_until_it_fails(group: anyio.abc.TaskGroup) -> None:
-        async with anypool.Pool(1, kill_grace=0.5) as pool:
+        async with contract_pool(1, kill_grace=0.5) as pool:
             group.start_soon(handle_request, pool)
             await read_pid(tmp_path / "pid")
             raise RuntimeError("boom")
@@ -218,7 +219,7 @@ async def test_leaving_async_with_by_cancellation_terminates_the_pool(tmp_path) 
 
     async with anyio.create_task_group() as group:
         with anyio.CancelScope() as scope:
-            async with anypool.Pool(1, kill_grace=0.5) as pool:
+            async with contract_pool(1, kill_grace=0.5) as pool:
                 # The request runs in the outer group: only the pool block is cancelled.
                 group.start_soon(handle_request)
                 pid = await read_pid(tmp_path / "pid")
@@ -231,7 +232,7 @@ async def test_leaving_async_with_by_cancellation_terminates_the_pool(tmp_path) 
 
 
 async def test_stats_after_the_pool_is_closed_show_no_workers_and_the_totals() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         for value in range(3):
             await pool.run(workers.square, value)
     assert pool.stats() == anypool.PoolStats(
@@ -255,7 +256,7 @@ async def test_stats_after_terminate_show_no_workers(tmp_path) -> None:
         except anypool.PoolClosedError as error:
             outcomes.append(error)
 
-    pool = anypool.Pool(1)
+    pool = contract_pool(1)
     async with anyio.create_task_group() as group:
         group.start_soon(call)
         await read_pid(tmp_path / "pid")

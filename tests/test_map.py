@@ -23,9 +23,10 @@ import pytest
 import anypool
 import workers
 from anypool._map import AUTO_CHUNK_LIMIT
-from support import gone, read_pid, stays_true, wait_until_async
+from support import contract_pool, gone, read_pid, stays_true, wait_until_async
 
 pytestmark = [
+    pytest.mark.usefixtures("contract_backend"),
     pytest.mark.anyio,
     # A map that hangs fails in seconds rather than after the suite's default timeout.
     pytest.mark.timeout(30),
@@ -99,7 +100,7 @@ class SourceError(Exception):
 
 
 async def test_map_returns_map_results_without_being_awaited() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(workers.square, [1, 2, 3])
         assert isinstance(results, anypool.MapResults)
         await results.aclose()
@@ -107,7 +108,7 @@ async def test_map_returns_map_results_without_being_awaited() -> None:
 
 async def test_map_takes_no_input_before_iteration_starts() -> None:
     source = CountingSource()
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(workers.square, source)
         assert await stays_true(lambda: source.taken == 0, 0.1)
         await results.aclose()
@@ -120,7 +121,7 @@ async def test_ordered_results_equal_the_function_applied_to_each_item(
     chunksize: int | str, kind: str
 ) -> None:
     items = list(range(20))
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = await collect(
             pool.map(workers.square, source_of(items, kind), chunksize=chunksize)
         )
@@ -134,17 +135,17 @@ async def test_results_come_in_input_order_when_a_later_item_finishes_first(tmp_
         (workers.return_when_path_exists, marker, "first"),
         (workers.touch_and_return, marker, "second"),
     ]
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         assert await collect(pool.map(workers.apply, items)) == ["first", "second"]
 
 
 async def test_map_inside_async_with_yields_every_result() -> None:
-    async with anypool.Pool(2) as pool, pool.map(workers.square, range(10)) as results:
+    async with contract_pool(2) as pool, pool.map(workers.square, range(10)) as results:
         assert await collect(results) == [item * item for item in range(10)]
 
 
 async def test_map_accepts_a_lambda() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = await collect(pool.map(lambda x: 3 * x + 1, range(10), chunksize=3))
     assert results == [3 * x + 1 for x in range(10)]
 
@@ -155,23 +156,23 @@ async def test_map_accepts_an_async_closure() -> None:
     async def shift(x: int) -> int:
         return x + offset
 
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         assert await collect(pool.map(shift, range(5))) == [100, 101, 102, 103, 104]
 
 
 async def test_map_over_an_empty_iterable_yields_nothing() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         assert await collect(pool.map(workers.square, [])) == []
 
 
 async def test_auto_chunksize_gives_the_same_results_for_many_tiny_items() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = await collect(pool.map(lambda x: x + 1, range(5000), chunksize="auto"))
     assert results == list(range(1, 5001))
 
 
 async def test_map_results_are_iterated_only_once() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(workers.square, [1, 2, 3])
         assert await collect(results) == [1, 4, 9]
         second_pass: list[object] = []
@@ -184,7 +185,7 @@ async def test_map_results_are_iterated_only_once() -> None:
 @pytest.mark.parametrize("chunksize", [1, 3, "auto"])
 async def test_unordered_results_are_the_same_multiset(chunksize: int | str) -> None:
     items = [5, -3, 2, 5, 0, 7, -3, 1, 4, 2, 9, 6]
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = await collect(pool.map(workers.square, items, ordered=False, chunksize=chunksize))
     assert sorted(results) == sorted(workers.square(item) for item in items)
 
@@ -207,7 +208,7 @@ async def test_unordered_yields_a_fast_chunk_before_an_earlier_slow_one(
     ]
     received: list[object] = []
     async with (
-        anypool.Pool(2) as pool,
+        contract_pool(2) as pool,
         pool.map(workers.apply, items, ordered=False, chunksize=chunksize) as results,
     ):
         async for name in results:
@@ -229,7 +230,7 @@ async def test_items_taken_never_exceed_results_handed_out_plus_max_in_flight(
     source = CountingSource()
     received = 0
     async with (
-        anypool.Pool(2) as pool,
+        contract_pool(2) as pool,
         pool.map(
             workers.square, source, chunksize=chunksize, max_in_flight=max_in_flight
         ) as results,
@@ -258,7 +259,7 @@ async def test_default_max_in_flight_is_three_chunks_per_worker(
     source = CountingSource()
     received = 0
     async with (
-        anypool.Pool(2) as pool,
+        contract_pool(2) as pool,
         pool.map(workers.square, source, chunksize=chunksize) as results,
     ):
         async for _ in results:
@@ -289,7 +290,7 @@ async def test_map_over_an_endless_input_of_large_items_runs_in_bounded_memory(
             yield b"x" * MIB
 
     process = psutil.Process()
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         baseline = peak = process.memory_info().rss
         # "auto" sizes chunks by bytes too: a fast function of large items gets small chunks.
         async with pool.map(len, megabyte_items(), chunksize=chunksize) as results:
@@ -304,7 +305,7 @@ async def test_map_over_an_endless_input_of_large_items_runs_in_bounded_memory(
 
 
 async def test_max_in_flight_smaller_than_chunksize_still_yields_every_result() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         with anyio.fail_after(10):
             results = await collect(
                 pool.map(workers.square, range(10), chunksize=4, max_in_flight=2)
@@ -317,7 +318,7 @@ async def test_max_in_flight_smaller_than_chunksize_still_yields_every_result() 
 
 async def test_exception_is_raised_after_the_results_of_the_items_before_it() -> None:
     received: list[object] = []
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(workers.square_unless_negative, [0, 1, 2, 3, -4, 5, 6])
         with pytest.raises(ValueError, match=r"^negative item -4$") as info:
             await collect_into(received, results)
@@ -335,7 +336,7 @@ async def test_exception_kills_the_workers_running_other_items(tmp_path) -> None
         (workers.raise_value_error_when_path_exists, sibling.pid_file, "bad item"),
         sibling.call,
     ]
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         with pytest.raises(ValueError, match="bad item"):
             await consume_in_async_with(pool.map(workers.apply, items))
         assert gone(await sibling.started())
@@ -350,7 +351,7 @@ async def test_exception_in_a_bare_async_for_kills_the_workers_running_other_ite
         (workers.raise_value_error_when_path_exists, sibling.pid_file, "bad item"),
         sibling.call,
     ]
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         with pytest.raises(ValueError, match="bad item"):
             async for _ in pool.map(workers.apply, items):
                 pass
@@ -360,7 +361,7 @@ async def test_exception_in_a_bare_async_for_kills_the_workers_running_other_ite
 
 
 async def test_return_exceptions_yields_each_exception_in_its_items_place() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = await collect(
             pool.map(workers.square_unless_negative, [1, -2, 3, -4, 5], return_exceptions=True)
         )
@@ -387,7 +388,7 @@ async def test_exception_from_the_input_is_raised_after_the_results_of_the_items
 
     source = failing_items() if kind == "sync" else failing_async_items()
     received: list[object] = []
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         with pytest.raises(SourceError, match="the input broke"):
             await collect_into(received, pool.map(workers.square, source, ordered=ordered))
         assert await pool.run(workers.square, 3) == 9
@@ -401,7 +402,7 @@ async def test_worker_dying_raises_broken_worker_error_after_the_results_before_
         (workers.identity, "after"),
     ]
     received: list[object] = []
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         with pytest.raises(anypool.BrokenWorkerError) as info:
             await collect_into(received, pool.map(workers.apply, items))
         assert received == ["before"]
@@ -420,7 +421,7 @@ async def test_worker_dying_with_return_exceptions_fails_every_item_of_its_chunk
         (workers.identity, 4),
         (workers.identity, 5),
     ]
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = await collect(pool.map(workers.apply, items, chunksize=3, return_exceptions=True))
         assert await pool.run(workers.square, 3) == 9
     assert all(isinstance(error, anypool.BrokenWorkerError) for error in results[:3])
@@ -436,7 +437,7 @@ async def test_breaking_out_of_async_with_kills_the_workers_running_items(tmp_pa
     items = [(workers.identity, "done"), first.call, second.call]
     # A worker for each item: chunks need not start in input order, and none may wait
     # for a worker behind a long item.
-    async with anypool.Pool(3) as pool:
+    async with contract_pool(3) as pool:
         async with pool.map(workers.apply, items) as results:
             async for _ in results:
                 pids = [await first.started(), await second.started()]
@@ -464,7 +465,7 @@ async def test_exception_in_the_consumer_propagates_and_kills_the_workers_runnin
 
     # A worker for each item: chunks need not start in input order, and none may wait
     # for a worker behind a long item.
-    async with anypool.Pool(3) as pool:
+    async with contract_pool(3) as pool:
         with pytest.raises(ConsumerError):
             await consume_then_fail()
         assert gone(pids[0])
@@ -474,7 +475,7 @@ async def test_exception_in_the_consumer_propagates_and_kills_the_workers_runnin
 
 async def test_leaving_async_with_early_takes_no_more_input() -> None:
     source = CountingSource()
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         async with pool.map(workers.square, source) as results:
             async for result in results:
                 if result == 9:
@@ -493,7 +494,7 @@ async def test_cancelling_the_consumer_while_it_waits_kills_the_workers_running_
         pids.extend([await first.started(), await second.started()])
         scope.deadline = anyio.current_time()
 
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         with anyio.move_on_after(60) as scope:
             async with anyio.create_task_group() as group:
                 group.start_soon(expire_when_started, scope)
@@ -513,7 +514,7 @@ async def test_cancelling_the_consumer_in_its_loop_body_kills_the_workers_runnin
     items = [(workers.identity, "done"), first.call, second.call]
     # A worker for each item: chunks need not start in input order, and none may wait
     # for a worker behind a long item.
-    async with anypool.Pool(3) as pool:
+    async with contract_pool(3) as pool:
         with anyio.move_on_after(60) as scope:
             async with pool.map(workers.apply, items) as results:
                 async for _ in results:
@@ -533,7 +534,7 @@ async def test_aclose_after_leaving_a_bare_async_for_kills_the_workers_running_i
     items = [(workers.identity, "done"), first.call, second.call]
     # A worker for each item: chunks need not start in input order, and none may wait
     # for a worker behind a long item.
-    async with anypool.Pool(3) as pool:
+    async with contract_pool(3) as pool:
         results = pool.map(workers.apply, items)
         async for _ in results:
             pids = [await first.started(), await second.started()]
@@ -551,7 +552,7 @@ async def test_map_results_dropped_after_a_bare_async_for_kill_the_workers_runni
     items = [(workers.identity, "done"), first.call, second.call]
     # A worker for each item: chunks need not start in input order, and none may wait
     # for a worker behind a long item.
-    async with anypool.Pool(3) as pool:
+    async with contract_pool(3) as pool:
         results = pool.map(workers.apply, items)
         async for _ in results:
             pids = [await first.started(), await second.started()]
@@ -567,7 +568,7 @@ async def test_map_results_dropped_after_a_bare_async_for_kill_the_workers_runni
 
 async def test_progress_gets_results_done_and_the_length_of_a_list() -> None:
     calls: list[tuple[int, int | None]] = []
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(
             workers.square, [1, 2, 3, 4], progress=lambda done, total: calls.append((done, total))
         )
@@ -577,7 +578,7 @@ async def test_progress_gets_results_done_and_the_length_of_a_list() -> None:
 
 async def test_progress_gets_none_as_the_total_of_a_generator() -> None:
     calls: list[tuple[int, int | None]] = []
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(
             workers.square,
             (item for item in [1, 2, 3]),
@@ -588,7 +589,7 @@ async def test_progress_gets_none_as_the_total_of_a_generator() -> None:
 
 
 async def test_progress_true_shows_a_tqdm_bar(capsys: pytest.CaptureFixture[str]) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         assert await collect(pool.map(workers.square, [1, 2, 3], progress=True)) == [1, 4, 9]
     assert "3/3" in capsys.readouterr().err
 
@@ -598,7 +599,7 @@ async def test_progress_true_without_tqdm_names_the_extra_that_provides_it(
 ) -> None:
     # A None entry in sys.modules makes the import fail, as if tqdm were not installed.
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         with pytest.raises(ImportError, match=re.escape("anypool[progress]")):
             await collect(pool.map(workers.square, [1, 2, 3], progress=True))
 
@@ -612,20 +613,20 @@ async def test_progress_true_without_tqdm_names_the_extra_that_provides_it(
 async def test_invalid_chunksize_raises_an_error_naming_it(
     chunksize: object, error_type: type[Exception]
 ) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         with pytest.raises(error_type, match="chunksize"):
             await collect(pool.map(workers.square, [1, 2], chunksize=chunksize))
 
 
 @pytest.mark.parametrize("max_in_flight", [0, -1])
 async def test_max_in_flight_below_one_raises_value_error(max_in_flight: int) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         with pytest.raises(ValueError, match="max_in_flight"):
             await collect(pool.map(workers.square, [1, 2], max_in_flight=max_in_flight))
 
 
 async def test_map_on_a_closed_pool_raises_pool_closed_error_when_iterated() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         pass
     results = pool.map(workers.square, [1, 2])
     with pytest.raises(anypool.PoolClosedError):
@@ -633,7 +634,7 @@ async def test_map_on_a_closed_pool_raises_pool_closed_error_when_iterated() -> 
 
 
 async def test_map_on_a_view_without_kill_on_cancel_yields_every_result() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         view = pool.with_options(kill_on_cancel=False)
         assert await collect(view.map(workers.square, range(6))) == [0, 1, 4, 9, 16, 25]
 
@@ -645,7 +646,7 @@ async def test_map_on_a_view_without_kill_on_cancel_lets_the_worker_finish_when_
     items = [(workers.identity, "done"), (workers.write_pid_and_wait_for, pid_file, release)]
     # A worker for each item: chunks need not start in input order, and none may wait
     # for a worker behind a long item.
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         view = pool.with_options(kill_on_cancel=False)
         async with view.map(workers.apply, items) as results:
             async for _ in results:
@@ -677,7 +678,7 @@ RANGES = [
 async def test_a_range_gives_the_result_of_each_of_its_numbers(
     chunksize: int | str, ordered: bool
 ) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         for numbers in RANGES:
             results = await collect(
                 pool.map(workers.square, numbers, chunksize=chunksize, ordered=ordered)
@@ -694,7 +695,7 @@ async def test_a_range_longer_than_sys_maxsize_is_mapped_lazily() -> None:
     calls: list[tuple[int, int | None]] = []
     received: list[object] = []
     async with (
-        anypool.Pool(2) as pool,
+        contract_pool(2) as pool,
         pool.map(
             workers.square, numbers, chunksize=3, progress=lambda *counts: calls.append(counts)
         ) as results,
@@ -710,7 +711,7 @@ async def test_a_range_longer_than_sys_maxsize_is_mapped_lazily() -> None:
 
 async def test_progress_gets_the_length_of_a_range() -> None:
     calls: list[tuple[int, int | None]] = []
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(
             workers.square, range(1, 4), progress=lambda done, total: calls.append((done, total))
         )
@@ -729,7 +730,7 @@ class TenfoldList(list[int]):
 async def test_lists_tuples_and_a_list_subclass_give_what_iterating_them_gives(
     chunksize: int | str,
 ) -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         for items in ([], [1, 2, 3], (), (4, 5, 6, 7, 8)):
             results = await collect(pool.map(workers.square, items, chunksize=chunksize))
             assert results == [item * item for item in items], items
@@ -743,7 +744,7 @@ async def test_items_appended_to_a_list_while_it_is_mapped_are_mapped_too() -> N
     # only once it has no item left to take, as iterating it would.
     todo = [1]
     received: list[object] = []
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         async for result in pool.map(workers.square, todo, max_in_flight=1):
             received.append(result)
             if len(todo) < 5:
@@ -756,7 +757,7 @@ async def test_an_error_from_a_number_of_a_range_comes_after_the_results_before_
     chunksize: int,
 ) -> None:
     received: list[object] = []
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(workers.square_unless_negative, range(3, -4, -1), chunksize=chunksize)
         with pytest.raises(ValueError, match=r"^negative item -1$"):
             await collect_into(received, results)
@@ -782,7 +783,7 @@ async def test_batches_give_every_result_as_plain_iteration_would(
     chunksize: int | str, ordered: bool
 ) -> None:
     async with (
-        anypool.Pool(2) as pool,
+        contract_pool(2) as pool,
         pool.map(workers.square, range(3000), chunksize=chunksize, ordered=ordered) as results,
     ):
         batches = [batch async for batch in results.batches()]
@@ -799,7 +800,7 @@ async def test_batches_raise_an_items_exception_after_the_results_before_it() ->
         async for batch in results.batches():
             received.extend(batch)
 
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(workers.square_unless_negative, [0, 1, 2, 3, -4, 5, 6], chunksize=3)
         with pytest.raises(ValueError, match="negative item -4"):
             await consume(results)
@@ -808,7 +809,7 @@ async def test_batches_raise_an_items_exception_after_the_results_before_it() ->
 
 
 async def test_batches_hold_exceptions_in_place_with_return_exceptions() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         results = pool.map(
             workers.square_unless_negative, [1, -2, 3, -4, 5], chunksize=2, return_exceptions=True
         )

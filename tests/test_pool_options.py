@@ -10,28 +10,30 @@ import pytest
 
 import anypool
 import workers
-from support import pool_processes
+from support import contract_pool, pool_processes
+
+pytestmark = pytest.mark.usefixtures("contract_backend")
 
 
 def test_properties_reflect_the_options() -> None:
-    pool = anypool.Pool(3, start_method="spawn", kill_grace=2.5)
+    pool = contract_pool(3, start_method="spawn", kill_grace=2.5)
     assert (pool.max_workers, pool.start_method, pool.kill_grace) == (3, "spawn", 2.5)
 
 
 def test_default_start_method_is_forkserver_and_default_kill_grace_one_second() -> None:
-    pool = anypool.Pool(1)
+    pool = contract_pool(1)
     assert pool.start_method == "forkserver"
     assert pool.kill_grace == 1.0
 
 
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
 def test_every_multiprocessing_start_method_is_accepted(start_method: str) -> None:
-    assert anypool.Pool(1, start_method=start_method).start_method == start_method
+    assert contract_pool(1, start_method=start_method).start_method == start_method
 
 
 def test_unknown_start_method_raises_value_error_listing_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="threads") as info:
-        anypool.Pool(1, start_method="threads")
+        contract_pool(1, start_method="threads")
     for name in ("forkserver", "spawn", "fork"):
         assert repr(name) in str(info.value) or f'"{name}"' in str(info.value)
 
@@ -39,21 +41,21 @@ def test_unknown_start_method_raises_value_error_listing_the_valid_ones() -> Non
 @pytest.mark.parametrize("max_workers", [0, -1])
 def test_max_workers_below_one_raises_value_error(max_workers: int) -> None:
     with pytest.raises(ValueError, match="max_workers"):
-        anypool.Pool(max_workers)
+        contract_pool(max_workers)
 
 
 def test_negative_kill_grace_raises_value_error() -> None:
     with pytest.raises(ValueError, match="kill_grace"):
-        anypool.Pool(1, kill_grace=-0.1)
+        contract_pool(1, kill_grace=-0.1)
 
 
 def test_zero_kill_grace_is_accepted() -> None:
-    assert anypool.Pool(1, kill_grace=0).kill_grace == 0
+    assert contract_pool(1, kill_grace=0).kill_grace == 0
 
 
 def test_creating_a_pool_starts_no_process() -> None:
     before = pool_processes()
-    anypool.Pool(2)
+    contract_pool(2)
     assert pool_processes() == before
 
 
@@ -65,7 +67,7 @@ def test_creating_a_pool_starts_no_process() -> None:
 async def test_an_idle_timeout_of_none_or_infinity_means_workers_never_retire(
     idle_timeout: float | None,
 ) -> None:
-    async with anypool.Pool(1, idle_timeout=idle_timeout) as pool:
+    async with contract_pool(1, idle_timeout=idle_timeout) as pool:
         pid = await pool.run(workers.current_pid)
         assert await pool.run(workers.square, 3) == 9
         assert await pool.run(workers.current_pid) == pid
@@ -75,7 +77,7 @@ async def test_an_idle_timeout_of_none_or_infinity_means_workers_never_retire(
 @pytest.mark.parametrize("idle_timeout", [0, -1, -math.inf, math.nan])
 def test_an_idle_timeout_not_above_zero_or_nan_raises_value_error(idle_timeout: float) -> None:
     with pytest.raises(ValueError, match=r"^idle_timeout must be a positive number of seconds"):
-        anypool.Pool(1, idle_timeout=idle_timeout)
+        contract_pool(1, idle_timeout=idle_timeout)
 
 
 # --- every parameter is checked, with an error naming it -------------------------------------
@@ -108,7 +110,7 @@ def test_a_bad_pool_argument_raises_an_error_naming_the_parameter(
     arguments: dict[str, object], error_type: type[Exception], message: str
 ) -> None:
     with pytest.raises(error_type) as info:
-        anypool.Pool(**arguments)  # type: ignore[arg-type]
+        contract_pool(**arguments)  # type: ignore[arg-type]
     assert type(info.value) is error_type
     assert str(info.value).startswith(message)
 
@@ -127,7 +129,7 @@ def test_a_bad_option_raises_an_error_naming_it(
     arguments: dict[str, object], error_type: type[Exception], message: str
 ) -> None:
     with pytest.raises(error_type) as info:
-        anypool.Pool(1).with_options(**arguments)  # type: ignore[arg-type]
+        contract_pool(1).with_options(**arguments)  # type: ignore[arg-type]
     assert type(info.value) is error_type
     assert str(info.value).startswith(message)
 
@@ -154,7 +156,7 @@ BAD_MAP_ARGUMENTS = [
 async def test_a_bad_map_argument_raises_an_error_naming_it_before_anything_runs(
     arguments: dict[str, object], error_type: type[Exception], message: str
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         call: dict[str, object] = {"fn": workers.square, "iterable": [1, 2], **arguments}
         with pytest.raises(error_type) as info:
             pool.map(**call)  # type: ignore[arg-type]
@@ -165,7 +167,7 @@ async def test_a_bad_map_argument_raises_an_error_naming_it_before_anything_runs
 
 @pytest.mark.anyio
 async def test_a_function_that_is_not_callable_is_refused_by_run_stream_and_open_channel() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(TypeError, match=r"^fn must be callable, not 'square' \(a str\)$"):
             await pool.run("square")  # type: ignore[call-overload]
         with pytest.raises(TypeError, match=r"^fn must be callable, not None$"):

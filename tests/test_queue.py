@@ -22,9 +22,10 @@ import pytest
 
 import anypool
 import workers
-from support import gone, read_pid, stays_true, wait_until_async
+from support import contract_pool, gone, read_pid, stays_true, wait_until_async
 
 pytestmark = [
+    pytest.mark.usefixtures("contract_backend"),
     pytest.mark.anyio,
     # A queue that hangs fails in seconds rather than after the suite's default timeout.
     pytest.mark.timeout(30),
@@ -37,7 +38,7 @@ KILL_GRACE = 0.5
 
 
 def new_pool(max_workers: int = 1) -> anypool.Pool:
-    return anypool.Pool(max_workers, kill_grace=KILL_GRACE)
+    return contract_pool(max_workers, kill_grace=KILL_GRACE)
 
 
 def drain_nowait(q: anypool.Queue) -> list[object]:

@@ -18,6 +18,7 @@ import anypool.backends.local.transport
 import workers
 from anypool.backends.local import framing, wire
 from support import (
+    contract_pool,
     descendants,
     gone,
     pool_processes,
@@ -29,27 +30,27 @@ from support import (
     write_script,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("contract_backend")]
 
 
 async def test_run_returns_the_result_of_the_function() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         assert await pool.run(workers.square, 12) == 144
 
 
 async def test_run_passes_positional_and_keyword_arguments() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         assert await pool.run(workers.combine, 2, 3, scale=10, offset=1) == 51
 
 
 async def test_run_calls_the_function_in_another_process() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(os.getpid)
     assert pid != os.getpid()
 
 
 async def test_run_accepts_a_lambda() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         assert await pool.run(lambda x, y: x * y + 1, 6, 7) == 43
 
 
@@ -59,14 +60,14 @@ async def test_run_accepts_a_closure() -> None:
     def greet(name: str) -> str:
         return f"{greeting}, {name}"
 
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         assert await pool.run(greet, "worker") == "hello, worker"
 
 
 async def test_async_function_runs_on_the_callers_kind_of_event_loop() -> None:
     # asyncio and uvloop callers get asyncio in the worker; trio callers get trio.
     expected = "trio" if sniffio.current_async_library() == "trio" else "asyncio"
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         assert await pool.run(workers.running_event_loop) == expected
 
 
@@ -74,12 +75,12 @@ async def test_async_lambda_result_is_returned() -> None:
     async def double(x: int) -> int:
         return 2 * x
 
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         assert await pool.run(double, 21) == 42
 
 
 async def test_no_worker_starts_before_the_first_call() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         assert pool.stats().workers_alive == 0
         assert descendants() == {}
         await pool.run(workers.current_pid)
@@ -87,7 +88,7 @@ async def test_no_worker_starts_before_the_first_call() -> None:
 
 
 async def test_sequential_calls_reuse_the_same_worker() -> None:
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         pids = [await pool.run(workers.current_pid) for _ in range(5)]
     assert len(set(pids)) == 1
 
@@ -104,7 +105,7 @@ async def test_each_call_reads_its_workers_pipe_once(monkeypatch: pytest.MonkeyP
         reads += 1
         return receive_into(*args)
 
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         await pool.run(workers.current_pid)
         monkeypatch.setattr(anypool.backends.local.transport, "receive_into", counted)
         for _ in range(50):
@@ -114,7 +115,7 @@ async def test_each_call_reads_its_workers_pipe_once(monkeypatch: pytest.MonkeyP
 
 async def test_most_recently_used_idle_worker_serves_the_next_call(tmp_path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
-    async with anypool.Pool(2) as pool:
+    async with contract_pool(2) as pool:
         async with anyio.create_task_group() as group:
             # Two workers, both idle afterwards.
             group.start_soon(pool.run, workers.meet, first, second)
@@ -133,7 +134,7 @@ async def test_concurrent_calls_run_in_parallel_on_distinct_workers(tmp_path) ->
     async def meet(own: object, other: object) -> None:
         pids.append(await pool.run(workers.meet, own, other))
 
-    async with anypool.Pool(2) as pool, anyio.create_task_group() as group:
+    async with contract_pool(2) as pool, anyio.create_task_group() as group:
         group.start_soon(meet, first, second)
         group.start_soon(meet, second, first)
     assert len(set(pids)) == 2
@@ -148,7 +149,7 @@ async def test_calls_beyond_max_workers_wait_for_a_free_worker(tmp_path) -> None
             await pool.run(workers.write_pid_and_wait_for, tmp_path / f"{index}.pid", release)
         )
 
-    async with anypool.Pool(2) as pool, anyio.create_task_group() as group:
+    async with contract_pool(2) as pool, anyio.create_task_group() as group:
         for index in range(3):
             group.start_soon(hold, index)
         assert await wait_until_async(lambda: pool.stats().workers_busy == 2)
@@ -160,7 +161,7 @@ async def test_calls_beyond_max_workers_wait_for_a_free_worker(tmp_path) -> None
 
 
 async def test_max_tasks_per_worker_replaces_the_worker_after_that_many_calls() -> None:
-    async with anypool.Pool(1, max_tasks_per_worker=2) as pool:
+    async with contract_pool(1, max_tasks_per_worker=2) as pool:
         pids = [await pool.run(workers.current_pid) for _ in range(5)]
         assert pool.stats().workers_replaced == 2
     assert pids[0] == pids[1]
@@ -170,7 +171,7 @@ async def test_max_tasks_per_worker_replaces_the_worker_after_that_many_calls() 
 
 
 async def test_idle_timeout_retires_an_idle_worker_and_the_next_call_is_served() -> None:
-    async with anypool.Pool(1, idle_timeout=0.3) as pool:
+    async with contract_pool(1, idle_timeout=0.3) as pool:
         first = await pool.run(workers.current_pid)
         assert await wait_until_async(lambda: pool.stats().workers_alive == 0)
         assert await wait_until_async(lambda: gone(first))
@@ -179,7 +180,7 @@ async def test_idle_timeout_retires_an_idle_worker_and_the_next_call_is_served()
 
 
 async def test_idle_timeout_does_not_retire_a_busy_worker() -> None:
-    async with anypool.Pool(1, idle_timeout=0.2) as pool:
+    async with contract_pool(1, idle_timeout=0.2) as pool:
         pid, value = await pool.run(lambda: (os.getpid(), workers.sleep_then_return(0.6, "done")))
         assert value == "done"
         assert not gone(pid)
@@ -188,7 +189,7 @@ async def test_idle_timeout_does_not_retire_a_busy_worker() -> None:
 async def test_a_worker_sleeps_once_calls_stop_coming_back_to_back() -> None:
     # While calls come back to back a worker polls for the next one a moment before it sleeps;
     # once none comes, it must not go on using the CPU.
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         for _ in range(50):
             pid = await pool.run(workers.current_pid)
         worker = psutil.Process(pid)
@@ -200,7 +201,7 @@ async def test_a_worker_sleeps_once_calls_stop_coming_back_to_back() -> None:
 
 async def test_initializer_runs_once_in_each_worker_before_its_first_call(tmp_path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
-    async with anypool.Pool(2, initializer=workers.initialize, initargs=("ready",)) as pool:
+    async with contract_pool(2, initializer=workers.initialize, initargs=("ready",)) as pool:
         states = [await pool.run(workers.initialization_state) for _ in range(3)]
         async with anyio.create_task_group() as group:
             # Two calls at once: the second worker is initialized too.
@@ -214,7 +215,7 @@ async def test_initializer_runs_once_in_each_worker_before_its_first_call(tmp_pa
 
 
 async def test_initializer_runs_in_a_new_worker_after_recycling() -> None:
-    async with anypool.Pool(
+    async with contract_pool(
         1, initializer=workers.initialize, initargs=(7,), max_tasks_per_worker=1
     ) as pool:
         states = [await pool.run(workers.initialization_state) for _ in range(2)]
@@ -224,7 +225,7 @@ async def test_initializer_runs_in_a_new_worker_after_recycling() -> None:
 
 async def test_stats_count_running_completed_failed_and_cancelled_calls(tmp_path) -> None:
     release = tmp_path / "release"
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         assert pool.stats() == anypool.PoolStats(0, 0, 0, 0, 0, 0, 0, 0)
         async with anyio.create_task_group() as group:
             group.start_soon(pool.run, workers.write_pid_and_wait_for, tmp_path / "pid", release)
@@ -261,7 +262,7 @@ async def test_stats_count_running_completed_failed_and_cancelled_calls(tmp_path
 
 
 async def test_stats_is_a_frozen_dataclass() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         stats = pool.stats()
     with pytest.raises(AttributeError):
         stats.workers_alive = 5  # type: ignore[misc]
@@ -272,7 +273,7 @@ async def test_stats_is_a_frozen_dataclass() -> None:
 
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
 async def test_every_start_method_runs_functions_and_lambdas(start_method: str) -> None:
-    async with anypool.Pool(1, start_method=start_method) as pool:
+    async with contract_pool(1, start_method=start_method) as pool:
         assert pool.start_method == start_method
         assert await pool.run(workers.square, 9) == 81
         assert await pool.run(lambda: "from a lambda") == "from a lambda"
@@ -284,7 +285,7 @@ async def test_an_async_function_runs_under_every_start_method_and_event_loop(
 ) -> None:
     # Under fork, the worker starts inside a copy of the caller's running event loop.
     library = "trio" if anyio_backend_name == "trio" else "asyncio"
-    async with anypool.Pool(1, start_method=start_method) as pool:
+    async with contract_pool(1, start_method=start_method) as pool:
         assert await pool.run(workers.running_event_loop) == library
         assert await pool.run(workers.running_event_loop) == library
         assert await pool.run(workers.async_library_seen_by_sync_code) is None
@@ -292,7 +293,7 @@ async def test_an_async_function_runs_under_every_start_method_and_event_loop(
 
 async def test_a_forked_worker_has_none_of_the_callers_signal_handling() -> None:
     with anyio.open_signal_receiver(signal.SIGUSR1):
-        async with anypool.Pool(1, start_method="fork") as pool:
+        async with contract_pool(1, start_method="fork") as pool:
             wakeup_fd, default = await pool.run(workers.inherited_signal_state, signal.SIGUSR1)
     assert wakeup_fd == -1
     assert default, "the worker kept the handler the caller's event loop installed"
@@ -417,7 +418,7 @@ def _retire_on_first_message(connection: multiprocessing.connection.Connection) 
 
 async def test_call_that_reaches_a_worker_as_it_retires_runs_on_a_new_worker() -> None:
     # The race cannot be provoked from outside, so a stand-in worker takes the idle slot.
-    async with anypool.Pool(1, start_method="fork") as pool:
+    async with contract_pool(1, start_method="fork") as pool:
         retiring = stand_in_worker(pool, _retire_on_first_message)
 
         pid = await pool.run(workers.current_pid)

@@ -24,9 +24,17 @@ import trio
 
 import anypool
 import workers
-from support import ASYNCIO_BACKEND_IDS, ASYNCIO_BACKENDS, gone, stays_true, wait_until_async
+from support import (
+    ASYNCIO_BACKEND_IDS,
+    ASYNCIO_BACKENDS,
+    contract_pool,
+    gone,
+    stays_true,
+    wait_until_async,
+)
 
 pytestmark = [
+    pytest.mark.usefixtures("contract_backend"),
     pytest.mark.anyio,
     # A stream that hangs fails in seconds rather than after the suite's default timeout.
     pytest.mark.timeout(30),
@@ -208,7 +216,7 @@ async def assert_leaving_closes_the_generator_and_keeps_the_worker(
 ) -> None:
     outcome = tmp_path / "outcome"
     # One worker: the next call waits for it rather than starting another.
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid, _ = await leave(lambda: pool.stream(generator("yield_pid_forever", kind), outcome))
         assert await wait_until_async(lambda: text_of(outcome)), "the generator's finally never ran"
         assert text_of(outcome) == "GeneratorExit"
@@ -220,7 +228,7 @@ async def assert_leaving_kills_a_worker_whose_generator_blocks_when_closed(
 ) -> None:
     closing = tmp_path / "closing"
     fn = generator("yield_pid_forever_then_block_when_closed", kind)
-    async with anypool.Pool(1, kill_grace=KILL_GRACE) as pool:
+    async with contract_pool(1, kill_grace=KILL_GRACE) as pool:
         pid, seconds = await leave(lambda: pool.stream(fn, closing))
         assert seconds < KILL_GRACE + 2
         assert await wait_until_async(closing.exists), "GeneratorExit never reached the generator"
@@ -232,7 +240,7 @@ async def assert_leaving_kills_a_worker_whose_generator_blocks_when_closed(
 
 
 async def test_stream_returns_stream_results_without_being_awaited() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         items = pool.stream(workers.count_up, 3)
         assert isinstance(items, anypool.StreamResults)
         await items.aclose()
@@ -241,7 +249,7 @@ async def test_stream_returns_stream_results_without_being_awaited() -> None:
 @pytest.mark.parametrize("buffer", [1, None], ids=["buffer=1", "default buffer"])
 @pytest.mark.parametrize("kind", KINDS)
 async def test_bare_async_for_yields_every_item_in_order(kind: str, buffer: int | None) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         stream = buffered(pool, buffer).stream(generator("count_up", kind), 40)
         assert [item async for item in stream] == list(range(40))
 
@@ -250,7 +258,7 @@ async def test_bare_async_for_yields_every_item_in_order(kind: str, buffer: int 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_async_with_yields_every_item_in_order(kind: str, buffer: int | None) -> None:
     async with (
-        anypool.Pool(1) as pool,
+        contract_pool(1) as pool,
         buffered(pool, buffer).stream(generator("count_up", kind), 40) as items,
     ):
         assert [item async for item in items] == list(range(40))
@@ -259,7 +267,7 @@ async def test_async_with_yields_every_item_in_order(kind: str, buffer: int | No
 async def test_async_generator_runs_on_the_callers_kind_of_event_loop() -> None:
     # asyncio and uvloop callers get asyncio in the worker; trio callers get trio.
     expected = "trio" if sniffio.current_async_library() == "trio" else "asyncio"
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         stream = pool.stream(workers.yield_event_loop_library)
         assert [item async for item in stream] == [expected]
 
@@ -271,7 +279,7 @@ async def test_an_item_arrives_while_the_generator_is_blocked_before_the_next(
     # The generator produces its second item only once the test has received the first.
     release = tmp_path / "release"
     received: list[object] = []
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         async for item in pool.stream(generator("yield_then_wait_for", kind), release, 1, 2):
             received.append(item)
             release.touch()
@@ -290,7 +298,7 @@ async def test_items_produced_never_exceed_items_taken_plus_buffer(
     log = tmp_path / "produced"
     taken = 0
     async with (
-        anypool.Pool(1) as pool,
+        contract_pool(1) as pool,
         buffered(pool, buffer).stream(generator("count_forever_logging", kind), log) as items,
     ):
         async for item in items:
@@ -306,7 +314,7 @@ async def test_items_produced_never_exceed_items_taken_plus_buffer(
 
 @pytest.mark.parametrize("buffer", [0, -1])
 async def test_buffer_below_one_raises_value_error_from_with_options(buffer: int) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(ValueError, match="buffer"):
             pool.with_options(buffer=buffer)
 
@@ -349,7 +357,7 @@ async def test_leaving_after_the_generator_has_returned_keeps_the_worker_serving
     # The generator has returned (its end is on its way) when the consumer leaves after one item.
     finished = tmp_path / "finished"
     fn = generator("yield_then_note_the_end", kind)
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         async with pool.stream(fn, [1, 2, 3], finished) as items:
             async for _ in items:
@@ -399,7 +407,7 @@ async def test_exception_from_the_generator_is_raised_after_the_items_before_it(
 ) -> None:
     fn = generator("yield_then_raise", kind)
     received: list[object] = []
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         with pytest.raises(ValueError, match=r"^broke after two items$") as info:
             await collect_into(received, pool.stream(fn, [1, 2], "broke after two items"))
@@ -418,7 +426,7 @@ async def test_exception_from_the_generator_is_raised_after_the_items_before_it(
 async def test_a_function_that_is_not_a_generator_function_raises_type_error(
     fn: Callable[..., Any], args: tuple[object, ...]
 ) -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(TypeError) as info:
             await collect_into([], pool.stream(fn, *args))
         assert isinstance(info.value.__cause__, anypool.RemoteTraceback)
@@ -430,7 +438,7 @@ async def test_worker_dying_mid_stream_raises_broken_worker_error_after_the_item
     kind: str,
 ) -> None:
     received: list[object] = []
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(anypool.BrokenWorkerError) as info:
             await collect_into(received, pool.stream(generator("yield_then_exit", kind), [1, 2], 3))
         assert received == [1, 2]
@@ -444,7 +452,7 @@ async def test_an_unpicklable_item_raises_serialization_error_and_keeps_the_work
     kind: str,
 ) -> None:
     received: list[object] = []
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         stream = pool.stream(generator("yield_a_lock_between", kind), "before", "after")
         with pytest.raises(anypool.SerializationError, match=re.escape("_thread.lock")):
@@ -458,7 +466,7 @@ async def test_an_item_that_cannot_be_unpickled_raises_serialization_error_and_k
     kind: str,
 ) -> None:
     received: list[object] = []
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pid = await pool.run(workers.current_pid)
         # The stream stays referenced, as in ``try: async for ...``: the error alone must end it.
         stream = pool.stream(generator("yield_an_unloadable_item_between", kind), "before", "after")
@@ -470,7 +478,7 @@ async def test_an_item_that_cannot_be_unpickled_raises_serialization_error_and_k
 
 
 async def test_stream_on_a_closed_pool_raises_pool_closed_error_when_iterated() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pass
     items = pool.stream(workers.count_up, 3)
     with pytest.raises(anypool.PoolClosedError):
@@ -478,7 +486,7 @@ async def test_stream_on_a_closed_pool_raises_pool_closed_error_when_iterated() 
 
 
 async def test_stream_on_a_closed_pool_raises_pool_closed_error_in_async_with() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         pass
     with pytest.raises(anypool.PoolClosedError):
         async with pool.stream(workers.count_up, 3) as items:
@@ -491,7 +499,7 @@ async def test_stream_on_a_closed_pool_raises_pool_closed_error_in_async_with() 
 async def test_a_stream_counts_as_one_call_running_until_its_end(tmp_path) -> None:
     release = tmp_path / "release"
     fn = workers.yield_then_wait_for
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         async with pool.stream(fn, release, 1, 2) as items:
             async for item in items:
                 if item == 1:
@@ -503,7 +511,7 @@ async def test_a_stream_counts_as_one_call_running_until_its_end(tmp_path) -> No
 
 
 async def test_a_stream_that_raises_counts_as_one_failed_call() -> None:
-    async with anypool.Pool(1) as pool:
+    async with contract_pool(1) as pool:
         with pytest.raises(ValueError, match="broke"):
             await collect_into([], pool.stream(workers.yield_then_raise, [1, 2, 3], "broke"))
         stats = pool.stats()

@@ -1,9 +1,14 @@
-"""The little anypool needs from the event loop that anyio does not provide.
+"""The little anypool needs from the event loop that anyio does not provide, or not fast enough,
+behind one small interface chosen once per loop (:func:`current_loop`):
 
 - which event loop library is running, so a worker runs an ``async def`` on the same kind;
+- a checkpoint, and a one-shot wake-up, on the path of every call (anyio's look the backend up
+  on each use);
 - a task that outlives the call that started it (draining a call abandoned with
   ``kill_on_cancel=False``);
 - a hook when the event loop ends, to shut down the default pool of that loop.
+
+anyio runs on asyncio (uvloop included) and trio; anything else is refused here, by name.
 """
 
 from __future__ import annotations
@@ -11,46 +16,155 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 import anyio.lowlevel
 
 __all__ = [
+    "EventLoop",
     "Wakeup",
     "at_loop_end",
     "checkpoint",
     "checkpoint_if_cancelled",
     "current_library",
+    "current_loop",
     "spawn_detached",
 ]
 
-_detached_asyncio_tasks: set[object] = set()
+
+class EventLoop:
+    """What anypool does differently on one event loop library."""
+
+    name: Literal["asyncio", "trio"]
+
+    async def checkpoint(self) -> None:
+        raise NotImplementedError
+
+    async def checkpoint_if_cancelled(self) -> None:
+        raise NotImplementedError
+
+    def spawn_detached(self, fn: Callable[[], Awaitable[None]]) -> None:
+        raise NotImplementedError
+
+    async def at_loop_end(self, fn: Callable[[], Awaitable[None]]) -> object:
+        raise NotImplementedError
+
+
+class _Asyncio(EventLoop):
+    name = "asyncio"
+
+    def __init__(self) -> None:
+        # The loop keeps only weak references to tasks.
+        self._detached: set[asyncio.Task[None]] = set()
+
+    async def checkpoint(self) -> None:
+        await asyncio.sleep(0)
+
+    async def checkpoint_if_cancelled(self) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    def spawn_detached(self, fn: Callable[[], Awaitable[None]]) -> None:
+        task = asyncio.get_running_loop().create_task(_as_coroutine(fn))
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+
+    async def at_loop_end(self, fn: Callable[[], Awaitable[None]]) -> object:
+        # asyncio.run() and anyio.run() finish by closing every async generator still
+        # suspended in their loop (loop.shutdown_asyncgens), while the loop can still run
+        # coroutines: a generator parked at its first ``yield`` is such a hook. The loop holds
+        # it weakly, hence the return.
+        hook = _run_when_closed(fn)
+        await hook.asend(None)
+        return hook
+
+
+class _Trio(EventLoop):
+    name = "trio"
+
+    async def checkpoint(self) -> None:
+        await sys.modules["trio"].lowlevel.checkpoint()
+
+    async def checkpoint_if_cancelled(self) -> None:
+        await sys.modules["trio"].lowlevel.checkpoint_if_cancelled()
+
+    def spawn_detached(self, fn: Callable[[], Awaitable[None]]) -> None:
+        sys.modules["trio"].lowlevel.spawn_system_task(fn)
+
+    async def at_loop_end(self, fn: Callable[[], Awaitable[None]]) -> object:
+        trio: Any = sys.modules["trio"]
+
+        async def wait_for_end() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                # System tasks are cancelled once the main task has returned.
+                with trio.CancelScope(shield=True):
+                    await fn()
+
+        trio.lowlevel.spawn_system_task(wait_for_end)
+        return wait_for_end
+
+
+_ASYNCIO = _Asyncio()
+_TRIO = _Trio()
+
+
+def current_loop() -> EventLoop:
+    """The event loop library running the current task.
+
+    Raises:
+        RuntimeError: no asyncio or trio event loop runs in this thread.
+    """
+    if asyncio._get_running_loop() is not None:
+        return _ASYNCIO
+    # trio names itself to sniffio (which it depends on) for as long as it runs, in a
+    # thread-local: cheap to read.
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None and sniffio.thread_local.name == "trio":
+        return _TRIO
+    raise RuntimeError(
+        "anypool runs on asyncio (uvloop included) or trio, and found neither running here"
+    )
 
 
 def current_library() -> Literal["asyncio", "trio"]:
-    """The event loop library running the current task (anyio runs on these two only)."""
-    return "asyncio" if asyncio._get_running_loop() is not None else "trio"
+    """The name of the event loop library running the current task."""
+    return current_loop().name
 
 
-async def checkpoint() -> None:
-    """What ``anyio.lowlevel.checkpoint()`` does, without looking the backend up on each call
-    (it is on the path of every ``run``)."""
-    if asyncio._get_running_loop() is not None:
-        await asyncio.sleep(0)
-    else:
-        await sys.modules["trio"].lowlevel.checkpoint()
+# These two return the loop's own coroutine rather than wrap it: a frame fewer on the path of
+# every call.
 
 
-async def checkpoint_if_cancelled() -> None:
+def checkpoint() -> Awaitable[None]:
+    """What ``anyio.lowlevel.checkpoint()`` does, without looking the backend up through anyio
+    on each call (it is on the path of every ``run``)."""
+    return current_loop().checkpoint()
+
+
+def checkpoint_if_cancelled() -> Awaitable[None]:
     """Raise the cancellation of the current task if one is pending; otherwise return at once.
 
     Cheaper than :func:`checkpoint` where a yield to the event loop follows anyway: on asyncio,
     a yield costs a whole iteration of the loop, a tenth of a call's round trip.
     """
-    if asyncio._get_running_loop() is not None:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-    else:
-        await sys.modules["trio"].lowlevel.checkpoint_if_cancelled()
+    return current_loop().checkpoint_if_cancelled()
+
+
+def spawn_detached(fn: Callable[[], Awaitable[None]]) -> None:
+    """Run ``fn()`` in a task of its own on the current event loop.
+
+    ``fn`` must not raise: nobody awaits it. It is cancelled when the event loop ends.
+    """
+    current_loop().spawn_detached(fn)
+
+
+async def at_loop_end(fn: Callable[[], Awaitable[None]]) -> object:
+    """Arrange for ``fn()`` to run inside the current event loop as it ends.
+
+    Returns an object that the caller must keep alive for as long as the hook should stay armed.
+    """
+    return await current_loop().at_loop_end(fn)
 
 
 class Wakeup:
@@ -61,8 +175,9 @@ class Wakeup:
     __slots__ = ("_future", "_trio_event", "is_set")
 
     def __init__(self) -> None:
-        loop = asyncio._get_running_loop()
         self.is_set = False
+        # (Made for a call under way, whose loop is known to be one of the two.)
+        loop = asyncio._get_running_loop()
         if loop is not None:
             self._future: asyncio.Future[None] | None = loop.create_future()
         else:
@@ -95,50 +210,8 @@ class Wakeup:
             await self._future
 
 
-def spawn_detached(fn: Callable[[], Awaitable[None]]) -> None:
-    """Run ``fn()`` in a task of its own on the current event loop.
-
-    ``fn`` must not raise: nobody awaits it. It is cancelled when the event loop ends.
-    """
-    if current_library() == "trio":
-        import trio
-
-        trio.lowlevel.spawn_system_task(fn)
-    else:
-        task = asyncio.get_running_loop().create_task(_as_coroutine(fn))
-        # The loop keeps only weak references to tasks.
-        _detached_asyncio_tasks.add(task)
-        task.add_done_callback(_detached_asyncio_tasks.discard)
-
-
 async def _as_coroutine(fn: Callable[[], Awaitable[None]]) -> None:
     await fn()
-
-
-async def at_loop_end(fn: Callable[[], Awaitable[None]]) -> object:
-    """Arrange for ``fn()`` to run inside the current event loop as it ends.
-
-    Returns an object that the caller must keep alive for as long as the hook should stay armed.
-    """
-    if current_library() == "trio":
-        import trio
-
-        async def wait_for_end() -> None:
-            try:
-                await trio.sleep_forever()
-            finally:
-                # System tasks are cancelled once the main task has returned.
-                with trio.CancelScope(shield=True):
-                    await fn()
-
-        trio.lowlevel.spawn_system_task(wait_for_end)
-        return wait_for_end
-    # asyncio.run() and anyio.run() finish by closing every async generator still suspended in
-    # their loop (loop.shutdown_asyncgens), while the loop can still run coroutines: a generator
-    # parked at its first ``yield`` is such a hook. The loop holds it weakly, hence the return.
-    hook = _run_when_closed(fn)
-    await hook.asend(None)
-    return hook
 
 
 async def _run_when_closed(fn: Callable[[], Awaitable[None]]) -> AsyncGenerator[None, None]:

@@ -58,13 +58,14 @@ class _Stream:
         self._started = False
 
     async def next(self) -> Any:
-        if self._session is None:
-            if self._started:
-                raise StopAsyncIteration  # it could not start, or was closed before it did
-            self._started = True
-            self._backend.check_open()
-            call = Call(self._fn, self._args, self._kwargs, current_library())
-            self._session = await self._backend.open_stream(call, buffer=self._buffer)
+        if self._started:
+            raise StopAsyncIteration  # it could not start, or was closed before it did
+        self._started = True
+        self._backend.check_open()
+        call = Call(self._fn, self._args, self._kwargs, current_library())
+        self._session = await self._backend.open_stream(call, buffer=self._buffer)
+        # From now on the items come straight from the session: a step fewer per item.
+        self.next = self._session.next  # type: ignore[method-assign]
         return await self._session.next()
 
     def enter(self) -> None:

@@ -22,7 +22,7 @@ import abc
 import enum
 import itertools
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from .._errors import UnsupportedError
@@ -224,11 +224,12 @@ class Backend(abc.ABC):
         if the pool cannot be used from this process)."""
 
     @abc.abstractmethod
-    async def call(self, call: Call, *, kill_on_cancel: bool) -> Any:
+    def call(self, call: Call, *, kill_on_cancel: bool) -> Awaitable[Any]:
         """Run ``call`` and return its result, or raise its outcome as the caller should see
         it (see :meth:`Pool.run`). Cancelled, the work is stopped (``kill_on_cancel``) or left
         to finish with its outcome discarded; either way this returns only once that is
-        settled or handed to the backend."""
+        settled or handed to the backend. (An awaitable: a backend may hand over a coroutine
+        of its own, a frame fewer on the path of every call.)"""
 
     @abc.abstractmethod
     def pack_chunk(

@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, ClassVar, Final, Literal
 
 import anyio.abc
@@ -120,12 +120,12 @@ class LocalBackend(Backend):
 
     # --- calls -------------------------------------------------------------------------------
 
-    async def call(self, call: Call, *, kill_on_cancel: bool) -> Any:
+    def call(self, call: Call, *, kill_on_cancel: bool) -> Awaitable[Any]:
         fn = call.fn
         payload = dumps_call_arguments(
             (fn, call.args, call.kwargs, call.event_loop), fn, call.args, call.kwargs
         )
-        return await self._calls.run(fn, payload, kill_on_cancel)
+        return self._calls.run(fn, payload, kill_on_cancel)
 
     def pack_chunk(
         self, fn: Callable[[Any], Any], items: Sequence[Any], *, raise_first: bool

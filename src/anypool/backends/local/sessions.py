@@ -55,17 +55,12 @@ class _Session:
         self._payload = payload
         self._over = False
 
-    async def _reply(self) -> tuple[int, Any]:
-        """The worker's next word; a worker that retired before it read the session's start
-        is replaced (see :meth:`_restart`)."""
-        while True:
-            try:
-                return await reply(self._cache, self._worker, self.noun, self._fn)
-            except Retired:
-                self._worker = await self._cache.replace_retired(self._worker)
-                # A worker gone at once is told by the next reply.
-                with contextlib.suppress(ChannelClosed):
-                    await self._restart()
+    async def _replace_retired(self) -> None:
+        """The worker retired before it read the session's start: start it on another."""
+        self._worker = await self._cache.replace_retired(self._worker)
+        # A worker gone at once is told by the next reply.
+        with contextlib.suppress(ChannelClosed):
+            await self._restart()
 
     async def _restart(self) -> None:
         raise NotImplementedError
@@ -102,8 +97,17 @@ class LocalStream(_Session, StreamSession):
     async def next(self) -> Any:
         if self._over:
             raise StopAsyncIteration
+        if self._unacknowledged >= self._credit_batch:
+            count, self._unacknowledged = self._unacknowledged, 0
+            # A worker that exited cannot take credit, but the items it yielded before are
+            # still in the pipe: read on, and its end comes after them.
+            with contextlib.suppress(ChannelClosed):
+                await self._worker.channel.send(wire.CREDIT, wire.COUNT.pack(count))
         try:
-            kind, body = await self._receive()
+            kind, body = await reply(self._cache, self._worker, self.noun, self._fn)
+        except Retired:
+            await self._replace_retired()
+            return await self.next()
         except Exception:
             # The worker died, was never ready, or the pool was terminated: it is reaped.
             self._end("failed")
@@ -154,15 +158,6 @@ class LocalStream(_Session, StreamSession):
     async def _restart(self) -> None:
         await self._worker.channel.send(wire.STREAM, self._payload)
 
-    async def _receive(self) -> tuple[int, Any]:
-        if self._unacknowledged >= self._credit_batch:
-            count, self._unacknowledged = self._unacknowledged, 0
-            # A worker that exited cannot take credit, but the items it yielded before are
-            # still in the pipe: read on, and its end comes after them.
-            with contextlib.suppress(ChannelClosed):
-                await self._worker.channel.send(wire.CREDIT, wire.COUNT.pack(count))
-        return await self._reply()
-
 
 _KINDS = {"item": wire.ITEM, "credit": wire.CREDIT, "eof": wire.EOF, "close": wire.CLOSE}
 
@@ -210,7 +205,10 @@ class LocalChannel(_Session, ChannelSession):
 
     async def read(self) -> ChannelEvent:
         try:
-            kind, body = await self._reply()
+            kind, body = await reply(self._cache, self._worker, self.noun, self._fn)
+        except Retired:
+            await self._replace_retired()
+            return await self.read()
         except Exception as lost:
             # Reaped already. Killed by the caller, it ended as the caller wanted.
             self._end("cancelled" if self._killing else "failed")
