@@ -13,7 +13,6 @@ this machine runs it.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,14 @@ import pytest
 import anypool
 import anypool.backends.local.sendahead
 import workers
-from support import gone, local_workers, read_pid, stays_true, wait_until_async
+from support import (
+    gone,
+    local_workers,
+    read_pid,
+    read_pid_blocking,
+    stays_true,
+    wait_until_async,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -80,9 +86,15 @@ async def start_behind(
 ) -> Caller:
     """Start a call, and return once it waits in the pipe of the busy worker."""
     caller = start(group, pool, fn, *args)
-    assert await wait_until_async(lambda: local_workers(pool).ahead.queued)
-    await anyio.sleep(0.05)  # for its frame to be sent, on a slow machine too
+    places = local_workers(pool).ahead.queued
+    assert await wait_until_async(lambda: any(slot.sent for slot in places.values()))
     return caller
+
+
+async def turn_told(pool: anypool.Pool) -> None:
+    """Wait until the call sent ahead was told that the call before it is over."""
+    places = local_workers(pool).ahead.queued
+    assert await wait_until_async(lambda: not places)
 
 
 async def test_a_call_sent_behind_a_short_one_runs_next_on_the_same_worker(
@@ -175,8 +187,8 @@ async def test_a_call_ahead_that_finished_as_it_was_cancelled_spares_the_call_be
                 group, pool, workers.write_pid_and_wait_for, tmp_path / "b", release
             )
             ahead.scope.cancel()
-            time.sleep(0.2)
-            assert await read_pid(tmp_path / "b") == pid  # it started before the loop went on
+            # Blocks the event loop until the worker started the call behind.
+            assert read_pid_blocking(tmp_path / "b") == pid
             await ahead.done.wait()
             release.touch()
         assert (ahead.outcome, behind.outcome) == ("cancelled", pid)
@@ -264,12 +276,12 @@ async def test_a_call_that_waited_for_a_place_is_sent_ahead_when_the_worker_move
 
 
 async def cancel_as_it_runs(
-    caller: Caller, pid: int, release: Path, *, kill_on_cancel: bool
+    pool: anypool.Pool, caller: Caller, pid: int, release: Path, *, kill_on_cancel: bool
 ) -> None:
     """Cancel a call sent ahead that runs on worker ``pid`` (the call ahead of it is over):
     with ``kill_on_cancel`` the worker is gone by the time the cancellation returns. Then let
     the call finish, in the worker kept otherwise."""
-    await anyio.sleep(0.05)  # for the call to be told its turn came
+    await turn_told(pool)
     caller.scope.cancel()
     await caller.done.wait()
     if kill_on_cancel:
@@ -293,7 +305,7 @@ async def test_a_call_sent_ahead_cancelled_while_it_runs_is_stopped_as_any_call(
             first.touch()
             assert await read_pid(tmp_path / "b") == pid
             await ahead.done.wait()
-            await cancel_as_it_runs(behind, pid, second, kill_on_cancel=kill_on_cancel)
+            await cancel_as_it_runs(view, behind, pid, second, kill_on_cancel=kill_on_cancel)
         assert (ahead.outcome, behind.outcome) == (pid, "cancelled")
         same_worker = await pool.run(workers.current_pid) == pid
         assert same_worker is not kill_on_cancel
@@ -323,7 +335,7 @@ async def test_a_call_the_pool_sent_ahead_cancelled_while_it_runs_is_stopped_as_
             second.touch()
             assert await read_pid(tmp_path / "c") == pid
             await middle.done.wait()
-            await cancel_as_it_runs(last, pid, third, kill_on_cancel=kill_on_cancel)
+            await cancel_as_it_runs(view, last, pid, third, kill_on_cancel=kill_on_cancel)
         assert (ahead.outcome, middle.outcome, last.outcome) == (pid, pid, "cancelled")
         same_worker = await pool.run(workers.current_pid) == pid
         assert same_worker is not kill_on_cancel
@@ -340,7 +352,7 @@ async def test_a_call_sent_ahead_whose_worker_dies_as_it_runs_raises_broken_work
             behind = await start_behind(group, pool, workers.wait_for_then_exit, second, 5)
             first.touch()
             await ahead.done.wait()
-            await anyio.sleep(0.05)  # for the call behind to be told its turn came
+            await turn_told(pool)
             second.touch()
         assert ahead.outcome == pid
         assert isinstance(behind.outcome, anypool.BrokenWorkerError)
