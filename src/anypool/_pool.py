@@ -12,7 +12,7 @@ import anyio
 
 from ._arguments import check_callable, check_count, check_flag
 from ._channel import Channel
-from ._eventloop import checkpoint_if_cancelled, current_library
+from ._eventloop import current_loop
 from ._map import MapResults
 from ._stats import PoolStats
 from ._stream import StreamResults
@@ -200,11 +200,12 @@ class Pool:
             PoolClosedError: the pool is closed, or was terminated during the call.
         """
         # Not a full checkpoint: the wait for the worker yields to the event loop anyway.
-        await checkpoint_if_cancelled()
+        loop = current_loop()
+        await loop.checkpoint_if_cancelled()
         check_callable("fn", fn)
         backend = self._backend
         backend.check_open()
-        call = Call(fn, args, kwargs, current_library())
+        call = Call(fn, args, kwargs, loop.name)
         return await backend.call(call, kill_on_cancel=self._options.kill_on_cancel)
 
     def map(
