@@ -9,18 +9,23 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: venv test test-under-load coverage lint soak bench demo clean
+.PHONY: venv test test-ray test-under-load coverage lint soak bench demo clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,dev,bench]'
+	$(BIN)/python -m pip install -e '.[test,dev,bench,ray]'
 	touch $@
 
 test: venv
 	$(BIN)/python -m pytest
+
+# The Ray backend's tests, against a real local Ray started once for the session (seconds to
+# start, a gigabyte of memory): in a pytest process of their own.
+test-ray: venv
+	$(BIN)/python -m pytest -m ray
 
 # The tests marked `timing` (in `make test` too) on a machine made busy beside them: two CPU hogs
 # and a loop starting processes (tests/load.py), so that a timing assumption that holds only on a

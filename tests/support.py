@@ -150,14 +150,30 @@ def open_fds() -> dict[int, str]:
     return fds
 
 
+RAY_PROCESSES: set[int] = set()
+"""The processes a local Ray started for the session (its GCS, raylet and their helpers): theirs,
+and their descendants (Ray's worker pool), are Ray's to manage, not a test's."""
+
+
 def descendants() -> dict[int, psutil.Process]:
-    """Every live or zombie descendant of this process but multiprocessing's helpers."""
+    """Every live or zombie descendant of this process but multiprocessing's helpers and, while a
+    local Ray runs, Ray's own processes."""
     helpers = multiprocessing_helper_pids()
     found = {}
     for process in psutil.Process().children(recursive=True):
-        if process.pid not in helpers:
+        if process.pid not in helpers and not _rays(process):
             found[process.pid] = process
     return found
+
+
+def _rays(process: psutil.Process) -> bool:
+    if not RAY_PROCESSES:
+        return False
+    try:
+        lineage = [process.pid, *(parent.pid for parent in process.parents())]
+    except psutil.Error:
+        return False  # gone meanwhile: whoever asks again sees it gone
+    return not RAY_PROCESSES.isdisjoint(lineage)
 
 
 def pool_processes() -> set[int]:

@@ -34,8 +34,10 @@ async def test_a_pool_runs_on_the_backend_it_is_given() -> None:
 
 
 def test_a_pool_given_a_backend_refuses_the_local_backends_options() -> None:
-    with pytest.raises(TypeError, match=r"^max_workers, start_method: options of the local"):
-        anypool.Pool(2, backend=LocalBackend(1), start_method="spawn")
+    with pytest.raises(ValueError, match=r"^start_method, idle_timeout: options of the pool's"):
+        anypool.Pool(backend=LocalBackend(1), start_method="spawn", idle_timeout=5)
+    with pytest.raises(TypeError, match=r"^max_workers: the local backend takes it itself"):
+        anypool.Pool(2, backend=LocalBackend(1))
     with pytest.raises(TypeError, match="backend must be an anypool backend or None, not 'ray'"):
         anypool.Pool(backend="ray")  # type: ignore[arg-type]
 

@@ -73,9 +73,24 @@ def run_program(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return run_python(script, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("script", sorted(EXAMPLES.glob("*.py")), ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "script",
+    # (The Ray example needs Ray: test_ray_cluster_example_runs, marked ray.)
+    sorted(path for path in EXAMPLES.glob("*.py") if not path.name.startswith("ray_")),
+    ids=lambda path: path.name,
+)
 def test_example_runs(script: Path) -> None:
     run_example(script)
+
+
+@pytest.mark.ray
+def test_ray_cluster_example_runs_the_same_code_on_ray_and_kills_the_cancelled_call() -> None:
+    # It starts a Ray of its own, in its own process, and stops it.
+    process = run_example(EXAMPLES / "ray_cluster.py")
+    assert "primes below 50 000: 5133" in process.stdout
+    assert "primes below [10000, 20000, 30000, 40000] : [1229, 2262, 3245, 4203]" in process.stdout
+    assert "cancelled the slow call: True" in process.stdout
+    assert "and the pool goes on: 25" in process.stdout
 
 
 def test_quickstart_asyncio_prints_the_prime_counts() -> None:

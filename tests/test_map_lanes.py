@@ -19,7 +19,7 @@ import anypool
 import workers
 from anypool.backends.local import wire
 from anypool.backends.local.child.pipe import Pipe
-from anypool.backends.local.child.worker import _run
+from anypool.backends.local.child.worker import run_pickled_call
 from support import gone, stand_in_worker, wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -59,7 +59,7 @@ def _answer_one_then_retire(connection: multiprocessing.connection.Connection) -
     pipe = Pipe(connection.fileno(), None)
     message = pipe.receive()
     assert message is not None
-    pipe.send(*_run(message[1]))
+    pipe.send(*run_pickled_call(message[1]))
     pipe.receive()
     pipe.send(wire.RETIRING, b"")
 

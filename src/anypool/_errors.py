@@ -64,14 +64,15 @@ class BrokenWorkerError(RuntimeError):
     Raised for that call only; the pool replaces the worker and stays usable.
 
     Attributes:
-        pid: the process id of the worker that died.
+        pid: the process id of the worker that died (``None`` where the backend does not
+            tell: Ray).
         exitcode: its exit status as :mod:`multiprocessing` reports it: a negative number is the
             signal that killed it.
         signal_name: the name of that signal (``"SIGKILL"``, ``"SIGSEGV"``, ...), else ``None``.
     """
 
     def __init__(
-        self, pid: int, exitcode: int | None, during: str, *, first_call: bool = False
+        self, pid: int | None, exitcode: int | None, during: str, *, first_call: bool = False
     ) -> None:
         self.pid = pid
         self.exitcode = exitcode
@@ -79,10 +80,12 @@ class BrokenWorkerError(RuntimeError):
         if self.signal_name is not None:
             how = f"was killed by {self.signal_name}"
         elif exitcode is None:
-            how = "stopped answering"
+            how = "stopped answering" if pid is not None else "died"
         else:
             how = f"exited with code {exitcode}"
-        message = f"worker process {pid} {how} during {during}"
+        # A cluster engine may not say which process ran the call.
+        who = f"worker process {pid}" if pid is not None else "the worker process"
+        message = f"{who} {how} during {during}"
         if first_call and exitcode == 1:
             # What multiprocessing's own start-up failures look like, the classic one included.
             message += (
@@ -96,7 +99,9 @@ class BrokenWorkerError(RuntimeError):
         return (_rebuild_broken_worker_error, (self.pid, self.exitcode, str(self)))
 
 
-def _rebuild_broken_worker_error(pid: int, exitcode: int | None, message: str) -> BrokenWorkerError:
+def _rebuild_broken_worker_error(
+    pid: int | None, exitcode: int | None, message: str
+) -> BrokenWorkerError:
     error = BrokenWorkerError.__new__(BrokenWorkerError)
     RuntimeError.__init__(error, message)
     error.pid, error.exitcode, error.signal_name = pid, exitcode, _signal_name(exitcode)

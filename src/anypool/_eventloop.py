@@ -14,6 +14,7 @@ anyio runs on asyncio (uvloop included) and trio; anything else is refused here,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Literal
@@ -22,6 +23,7 @@ import anyio.lowlevel
 
 __all__ = [
     "EventLoop",
+    "ThreadsafeEvent",
     "Wakeup",
     "at_loop_end",
     "checkpoint",
@@ -48,6 +50,57 @@ class EventLoop:
 
     async def at_loop_end(self, fn: Callable[[], Awaitable[None]]) -> object:
         raise NotImplementedError
+
+    def threadsafe_event(self) -> ThreadsafeEvent:
+        raise NotImplementedError
+
+
+class ThreadsafeEvent:
+    """A one-shot event that another thread sets (an engine's done-callback), and one task of
+    the loop that made it waits for: the loop's own thread-safe wake-up, no thread of ours."""
+
+    def set_from_any_thread(self) -> None:
+        raise NotImplementedError
+
+    async def wait(self) -> None:
+        raise NotImplementedError
+
+
+class _AsyncioThreadsafeEvent(ThreadsafeEvent):
+    __slots__ = ("_future", "_loop")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._future: asyncio.Future[None] = self._loop.create_future()
+
+    def set_from_any_thread(self) -> None:
+        # (A loop closed meanwhile has nobody left to wake.)
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._set)
+
+    def _set(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self) -> None:
+        await self._future
+
+
+class _TrioThreadsafeEvent(ThreadsafeEvent):
+    __slots__ = ("_event", "_token")
+
+    def __init__(self) -> None:
+        trio: Any = sys.modules["trio"]
+        self._token = trio.lowlevel.current_trio_token()
+        self._event = trio.Event()
+
+    def set_from_any_thread(self) -> None:
+        # (A run that has ended has nobody left to wake.)
+        with contextlib.suppress(RuntimeError):
+            self._token.run_sync_soon(self._event.set)
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 class _Asyncio(EventLoop):
@@ -77,6 +130,9 @@ class _Asyncio(EventLoop):
         await hook.asend(None)
         return hook
 
+    def threadsafe_event(self) -> ThreadsafeEvent:
+        return _AsyncioThreadsafeEvent()
+
 
 class _Trio(EventLoop):
     name = "trio"
@@ -103,6 +159,9 @@ class _Trio(EventLoop):
 
         trio.lowlevel.spawn_system_task(wait_for_end)
         return wait_for_end
+
+    def threadsafe_event(self) -> ThreadsafeEvent:
+        return _TrioThreadsafeEvent()
 
 
 _ASYNCIO = _Asyncio()

@@ -24,7 +24,6 @@ __all__ = ["START_METHODS", "CallOptions", "Pool", "PoolStats"]
 
 # The local backend's options, which another backend refuses, with their defaults.
 _LOCAL_DEFAULTS: dict[str, Any] = {
-    "max_workers": None,
     "start_method": None,
     "initializer": None,
     "initargs": (),
@@ -97,7 +96,6 @@ class Pool:
             raise TypeError(f"backend must be an anypool backend or None, not {backend!r}")
         else:
             passed = {
-                "max_workers": max_workers,
                 "start_method": start_method,
                 "initializer": initializer,
                 "initargs": initargs,
@@ -107,10 +105,12 @@ class Pool:
             }
             given = [name for name, default in _LOCAL_DEFAULTS.items() if passed[name] != default]
             if given:
-                raise TypeError(
-                    f"{', '.join(given)}: options of the local backend; pass them to the "
-                    f"{backend.name} backend instead"
+                raise ValueError(
+                    f"{', '.join(given)}: options of the pool's default backend, which do not "
+                    f"apply to the {backend.name} backend given (it takes its own options)"
                 )
+            if max_workers is not None:
+                backend.set_max_workers(check_count("max_workers", max_workers))
         self._backend: Backend = backend
         self._options = CallOptions()
 

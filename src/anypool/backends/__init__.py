@@ -1,6 +1,40 @@
 """What runs a pool's calls: the protocol every backend implements (``_base``) and the
-backends (``local``: worker processes on this machine).
+backends: ``local`` (worker processes on this machine) and ``ray`` (tasks on a Ray cluster).
 
-Nothing is imported here: workers import ``anypool.backends.local.child``, which must not pull
-anyio in.
+``from anypool.backends import RayBackend`` works, but nothing is imported until a name is asked
+for: workers import ``anypool.backends.local.child``, which must not pull anyio in, and
+importing anypool never imports Ray.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["Backend", "Feature", "LocalBackend", "RayBackend"]
+
+if TYPE_CHECKING:
+    from ._base import Backend, Feature
+    from .local.backend import LocalBackend
+    from .ray.backend import RayBackend
+
+_HOMES = {
+    "Backend": "._base",
+    "Feature": "._base",
+    "LocalBackend": ".local.backend",
+    "RayBackend": ".ray.backend",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        home = _HOMES[name]
+    except KeyError:
+        raise AttributeError(f"module 'anypool.backends' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

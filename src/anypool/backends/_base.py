@@ -209,6 +209,14 @@ class Backend(abc.ABC):
     def capacity(self) -> int:
         """How many calls may run at once: the pool's ``max_workers``."""
 
+    def set_max_workers(self, max_workers: int) -> None:
+        """Run at most ``max_workers`` calls at once (``Pool(max_workers=..., backend=...)``).
+
+        Raises:
+            TypeError: this backend takes its size itself (the local backend does).
+        """
+        raise TypeError(f"max_workers: the {self.name} backend takes it itself, not the pool")
+
     @property
     @abc.abstractmethod
     def kill_grace(self) -> float:

@@ -92,9 +92,9 @@ def _serve(pipe: Pipe, config: wire.WorkerConfig) -> None:
             pipe.send(wire.STARTED, wire.COUNT.pack(number))
         message, announced = None, False
         if kind == wire.CALL:
-            pipe.send(*_run(payload))
+            pipe.send(*run_pickled_call(payload))
         elif kind == wire.QUEUED:
-            outcome = _run(payload[wire.COUNT.size :])
+            outcome = run_pickled_call(payload[wire.COUNT.size :])
             # The parent has more calls than workers: the next may be waiting already.
             message, announced = _send_outcome_announcing_the_next(pipe, outcome, drops)
         elif kind == wire.STREAM:
@@ -154,7 +154,9 @@ def _load_call(payload: Payload | bytearray) -> Any:
         raise _CallNotLoaded(_report(unpickling_error(payload, error), cause=error)) from None
 
 
-def _run(payload: Payload | bytearray) -> tuple[int, Payload]:
+def run_pickled_call(payload: Payload | bytearray) -> tuple[int, Payload]:
+    """Run the pickled call ``(fn, args, kwargs, event_loop)``: ``(RESULT, the pickled result)``
+    or ``(ERROR, a pickled ErrorReport)``, whatever went wrong. (Ray tasks run it too.)"""
     try:
         fn, args, kwargs, event_loop = _load_call(payload)
         result = _call(fn, args, kwargs, event_loop)

@@ -1,0 +1,390 @@
+"""The Ray backend: each call is a Ray task, awaited from asyncio or trio without a thread of
+ours, and killed with its process (``ray.cancel(force=True)``) when its caller is cancelled."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, Literal
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ..._errors import BrokenWorkerError, PoolClosedError
+from ..._eventloop import current_loop
+from ..._serialize import Payload, describe, dumps_call_arguments, load_error, load_result
+from ..._stats import CallCounters, PoolStats
+from .._base import (
+    Backend,
+    Call,
+    ChannelSession,
+    Chunk,
+    ChunkFeed,
+    ChunkRunner,
+    Feature,
+    StreamSession,
+)
+from ..local import wire
+from ..local.lanes import pack_chunk
+from .remote import for_ray, run_call
+
+__all__ = ["RayBackend"]
+
+_CANCEL_CONFIRMATION = 10.0
+"""The longest a cancelled call waits for Ray to confirm that its task was killed."""
+
+
+class RayBackend(Backend):
+    """Calls run as Ray tasks, on the Ray this process is connected to.
+
+    Args:
+        address: the cluster to connect to (``"auto"``, ``"ray://host:10001"``...), when this
+            process has not initialised Ray itself; ``None`` starts a local Ray.
+        init_options: more arguments of ``ray.init``, when the backend calls it.
+        task_options: arguments of ``.options(...)`` for every task (``num_cpus``,
+            ``resources``, ``runtime_env``...). Tasks are never retried (``max_retries=0``):
+            a call whose process dies raises :class:`BrokenWorkerError`.
+
+    A Ray that was initialised already is used as it is and left running; a Ray the backend
+    started is shut down when its pool is joined or terminated. The pool's ``max_workers``
+    bounds the calls that run at once (default: the cluster's CPUs).
+    """
+
+    name: ClassVar[str] = "ray"
+    unsupported: ClassVar[frozenset[Feature]] = frozenset(
+        {Feature.STREAM, Feature.CHANNEL, Feature.QUEUE}
+    )
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        init_options: dict[str, Any] | None = None,
+        task_options: dict[str, Any] | None = None,
+    ) -> None:
+        try:
+            import ray
+        except ImportError as error:
+            raise ImportError(
+                "RayBackend needs Ray: install anypool[ray] (pip install 'anypool[ray]')"
+            ) from error
+        # Typed loosely: Ray is an optional dependency, absent where anypool is type-checked.
+        self._ray: Any = ray
+        self._address = address
+        self._init_options = dict(init_options or {})
+        self._task_options = {"max_retries": 0, **(task_options or {})}
+        self._max_workers: int | None = None
+        self._task: Any = None
+        self._starting: anyio.Event | None = None
+        self._started_ray = False
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._running: set[Any] = set()
+        self.counters = CallCounters()
+        self._accepted = 0
+        self._all_done: anyio.Event | None = None
+        self._closed = False
+        self._terminated = False
+        self._owner_pid = os.getpid()
+        # Where a Ray worker finds the functions pickled by reference (see remote.run_call).
+        self._sys_path = tuple(sys.path)
+
+    # --- the protocol ----------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        if self._max_workers is not None:
+            return self._max_workers
+        if self._ray.is_initialized():
+            return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+        return os.cpu_count() or 1
+
+    def set_max_workers(self, max_workers: int) -> None:
+        self._max_workers = max_workers
+        if self._limiter is not None:
+            self._limiter.total_tokens = max_workers
+
+    @property
+    def kill_grace(self) -> float:
+        return 0.0  # ray.cancel(force=True) kills at once
+
+    @property
+    def state(self) -> Literal["open", "closed", "terminated"]:
+        return "terminated" if self._terminated else "closed" if self._closed else "open"
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise PoolClosedError(
+                "the pool is closed" + (" (terminated)" if self._terminated else "")
+            )
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError("a pool can only be used by the process that created it")
+
+    def call(self, call: Call, *, kill_on_cancel: bool) -> Awaitable[Any]:
+        fn = call.fn
+        payload = dumps_call_arguments(
+            (fn, call.args, call.kwargs, call.event_loop), fn, call.args, call.kwargs
+        )
+        return self._call(fn, payload, kill_on_cancel)
+
+    def pack_chunk(
+        self, fn: Callable[[Any], Any], items: Sequence[Any], *, raise_first: bool
+    ) -> tuple[Any, int]:
+        return pack_chunk(fn, items, raise_first=raise_first)
+
+    def run_chunks(
+        self, feed: ChunkFeed, group: anyio.abc.TaskGroup, *, kill_on_cancel: bool
+    ) -> ChunkRunner:
+        return _RayChunks(self, feed, group, kill_on_cancel)
+
+    async def open_stream(self, call: Call, *, buffer: int) -> StreamSession:
+        self.require(Feature.STREAM)
+        raise AssertionError  # (require raised)
+
+    async def open_channel(self, call: Call, *, buffer: int) -> ChannelSession:
+        self.require(Feature.CHANNEL)
+        raise AssertionError  # (require raised)
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def join(self) -> None:
+        await self._wait_all_done()
+        self._shut_down_ray()
+
+    async def terminate(self) -> None:
+        self._closed = self._terminated = True
+        for ref in list(self._running):
+            self._cancel(ref)
+        await self._wait_all_done()
+        self._shut_down_ray()
+
+    def shutdown_now(self, grace: float) -> None:
+        self._closed = self._terminated = True
+        for ref in list(self._running):
+            self._cancel(ref)
+        self._shut_down_ray()
+
+    def stats(self) -> PoolStats:
+        counters = self.counters
+        limiter = self._limiter
+        return PoolStats(
+            # Ray's worker processes are Ray's: the pool counts its calls only.
+            workers_alive=0,
+            workers_idle=0,
+            workers_busy=0,
+            calls_running=counters.running,
+            calls_completed=counters.completed,
+            calls_failed=counters.failed,
+            calls_cancelled=counters.cancelled,
+            workers_replaced=0,
+            calls_waiting=limiter.statistics().tasks_waiting if limiter is not None else 0,
+            calls_pending=self._accepted,
+        )
+
+    def describe(self) -> str:
+        return f"backend=ray max_workers={self.capacity}"
+
+    # --- calls -------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., Any], payload: Payload, kill_on_cancel: bool) -> Any:
+        kind, body = await self.submit(fn, payload, kill_on_cancel)
+        if kind == wire.RESULT:
+            try:
+                result = load_result(body, fn)
+            except BaseException:
+                self.counters.ended("failed")
+                raise
+            self.counters.ended("completed")
+            return result
+        self.counters.ended("failed")
+        raise load_error(body)
+
+    async def submit(
+        self, fn: Callable[..., Any], payload: Payload, kill_on_cancel: bool
+    ) -> tuple[int, Any]:
+        """Run a pickled call in a Ray task, once fewer than ``max_workers`` run; its outcome
+        as a local worker reports it, counted started. A failure of the task itself (its
+        process died, the pool was terminated) is raised, counted as ended."""
+        self._accepted += 1
+        try:
+            task = await self._ready_task()
+            async with self._capacity_limiter():
+                if self._terminated:
+                    raise PoolClosedError("the pool was terminated while the call waited")
+                ref = task.remote(for_ray(payload), self._sys_path)
+                self._running.add(ref)
+                self.counters.started()
+                try:
+                    return await self._outcome(ref, fn)
+                except Exception as error:
+                    self.counters.ended_with(error)
+                    raise
+                except BaseException:
+                    self.counters.ended("cancelled")
+                    await self._stop(ref, kill=kill_on_cancel or self._terminated)
+                    raise
+                finally:
+                    self._running.discard(ref)
+        finally:
+            self._call_finished()
+
+    async def _outcome(self, ref: Any, fn: Callable[..., Any]) -> tuple[int, Any]:
+        """Wait for the task: no thread, no polling; Ray's done-callback wakes this loop."""
+        future = ref.future()
+        event = current_loop().threadsafe_event()
+        future.add_done_callback(lambda _: event.set_from_any_thread())
+        await event.wait()
+        exceptions = self._ray.exceptions
+        try:
+            outcome: tuple[int, Any] = future.result()
+        except exceptions.TaskCancelledError:
+            raise PoolClosedError(
+                f"the pool was terminated during the call to {describe(fn)}"
+            ) from None
+        except exceptions.RayError as error:
+            # The task's process died (os._exit, a signal, the node lost): the call's own
+            # errors come back as ERROR outcomes, never as a RayError.
+            broken = BrokenWorkerError(None, None, f"the call to {describe(fn)}")
+            broken.__cause__ = error
+            raise broken from error
+        return outcome
+
+    async def _stop(self, ref: Any, *, kill: bool) -> None:
+        """A call was cancelled: kill its task (and the process running it), and wait until Ray
+        confirms it, or leave it to run out, its result dropped; ``join()`` waits for it."""
+        future = ref.future()
+        if not kill:
+            self._accepted += 1
+            token = current_loop().threadsafe_event()
+            future.add_done_callback(lambda _: token.set_from_any_thread())
+
+            async def run_out() -> None:
+                try:
+                    await token.wait()
+                finally:
+                    self._call_finished()
+
+            current_loop().spawn_detached(run_out)
+            return
+        self._cancel(ref)
+        event = current_loop().threadsafe_event()
+        future.add_done_callback(lambda _: event.set_from_any_thread())
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_CONFIRMATION):
+            await event.wait()
+
+    def _cancel(self, ref: Any) -> None:
+        # (A task that just finished cannot be cancelled: nothing to do.)
+        with contextlib.suppress(Exception):
+            self._ray.cancel(ref, force=True)
+
+    # --- admission and lifecycle -----------------------------------------------------------
+
+    async def _ready_task(self) -> Any:
+        """The remote function, once Ray runs (started in a thread: ``ray.init`` takes
+        seconds, which the event loop must not wait through)."""
+        while self._task is None:
+            if self._starting is not None:
+                await self._starting.wait()
+                continue
+            self._starting = starting = anyio.Event()
+            try:
+                await anyio.to_thread.run_sync(self._start_ray)
+            finally:
+                self._starting = None
+                starting.set()
+        return self._task
+
+    def _start_ray(self) -> None:
+        ray = self._ray
+        if not ray.is_initialized():
+            ray.init(address=self._address, **self._init_options)
+            self._started_ray = True
+        self._task = ray.remote(run_call).options(**self._task_options)
+
+    def _capacity_limiter(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.capacity)
+        return self._limiter
+
+    def _call_finished(self) -> None:
+        self._accepted -= 1
+        if self._accepted == 0 and self._all_done is not None:
+            self._all_done.set()
+            self._all_done = None
+
+    async def _wait_all_done(self) -> None:
+        if self._accepted:
+            if self._all_done is None:
+                self._all_done = anyio.Event()
+            await self._all_done.wait()
+
+    def _shut_down_ray(self) -> None:
+        if self._started_ray:
+            self._started_ray = False
+            self._task = None
+            self._ray.shutdown()
+
+
+class _RayChunks(ChunkRunner):
+    """Runs a map's chunks as Ray tasks, as many at once as the pool's ``max_workers``."""
+
+    def __init__(
+        self,
+        backend: RayBackend,
+        feed: ChunkFeed,
+        group: anyio.abc.TaskGroup,
+        kill_on_cancel: bool,
+    ) -> None:
+        self._backend = backend
+        self._feed = feed
+        self._group = group
+        self._kill_on_cancel = kill_on_cancel
+        self._lanes = 0
+        self._hungry = 0  # lanes about to take a chunk
+
+    def more(self) -> None:
+        """Start lanes for the chunks no lane is about to take, up to ``max_workers``."""
+        while len(self._feed.to_run) > self._hungry and self._lanes < self._backend.capacity:
+            self._lanes += 1
+            self._hungry += 1
+            self._group.start_soon(self._lane)
+
+    async def _lane(self) -> None:
+        feed = self._feed
+        try:
+            while feed.to_run and not feed.closed:
+                chunk = feed.to_run.popleft()
+                self._hungry -= 1
+                try:
+                    await self._run(chunk)
+                finally:
+                    self._hungry += 1
+        finally:
+            self._lanes -= 1
+            self._hungry -= 1
+
+    async def _run(self, chunk: Chunk) -> None:
+        feed, counters = self._feed, self._backend.counters
+        try:
+            kind, body = await self._backend.submit(feed.fn, chunk.packed, self._kill_on_cancel)
+        except Exception as error:
+            feed.chunk_failed(chunk, error)
+            return
+        if kind != wire.RESULT:
+            counters.ended("failed")
+            feed.chunk_failed(chunk, load_error(body))
+            return
+        try:
+            results, failures, seconds = load_result(body, feed.fn)
+        except Exception as error:
+            counters.ended("failed")
+            feed.chunk_failed(chunk, error)
+            return
+        counters.ended("completed")
+        feed.chunk_done(chunk, results, failures, seconds)
+
+
+RayBackend.__module__ = "anypool.backends"

@@ -1,0 +1,166 @@
+"""The Ray backend against a real local Ray, started once for the session (``ray.init(num_cpus=2,
+include_dashboard=False)``): results, errors as themselves, a dead task's BrokenWorkerError, kill
+on cancel (the task's process is gone), map, what it refuses, no thread per call; on asyncio,
+uvloop and trio.
+
+Marked ``ray``: ``make test-ray`` runs these in a pytest process of their own (CI too); the
+default ``make test`` leaves them out, since Ray takes seconds to start and a gigabyte of memory.
+Ray's own processes (its GCS, raylet and worker pool, which it replaces as it likes) are left out
+of the leak check; the session's end checks that none outlives ``ray.shutdown()``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+import anypool
+import workers
+from anypool.backends import RayBackend
+from support import dead, read_pid, wait_until_async
+
+pytestmark = [pytest.mark.anyio, pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
+
+
+def ray_pool(max_workers: int | None = 2) -> anypool.Pool:
+    return anypool.Pool(max_workers, backend=RayBackend())
+
+
+async def test_run_returns_results_of_functions_lambdas_and_keyword_arguments() -> None:
+    async with ray_pool() as pool:
+        assert await pool.run(workers.square, 12) == 144
+        assert await pool.run(lambda x, y: x - y, 5, y=2) == 3
+        assert await pool.run(workers.combine, 1, 2, scale=3, offset=4) == 13
+
+
+async def test_an_async_function_runs_on_the_callers_kind_of_event_loop(
+    anyio_backend_name: str,
+) -> None:
+    async with ray_pool() as pool:
+        assert await pool.run(workers.running_event_loop) == anyio_backend_name
+
+
+async def test_an_exception_comes_back_as_itself_with_its_remote_traceback() -> None:
+    async with ray_pool() as pool:
+        with pytest.raises(ValueError, match=r"^bad input$") as caught:
+            await pool.run(workers.raise_value_error, "bad input")
+        assert isinstance(caught.value.__cause__, anypool.RemoteTraceback)
+        assert "raise_value_error" in str(caught.value.__cause__)
+        assert await pool.run(workers.square, 3) == 9
+        assert pool.stats().calls_failed == 1
+
+
+async def test_a_task_whose_process_dies_raises_broken_worker_error_once() -> None:
+    async with ray_pool() as pool:
+        with pytest.raises(anypool.BrokenWorkerError, match="during the call to exit_immediately"):
+            await pool.run(workers.exit_immediately, 3)
+        assert await pool.run(workers.square, 4) == 16
+
+
+async def test_what_cannot_be_pickled_raises_serialization_error_naming_it() -> None:
+    async with ray_pool() as pool:
+        with pytest.raises(anypool.SerializationError, match="argument 0"):
+            await pool.run(workers.identity, threading.Lock())
+        with pytest.raises(anypool.SerializationError, match="the result of return_lock"):
+            await pool.run(workers.return_lock)
+
+
+async def test_a_cancelled_call_kills_the_process_running_it(tmp_path: Path) -> None:
+    async with ray_pool() as pool:
+        with anyio.CancelScope() as scope:
+
+            async def cancel_once_started() -> None:
+                await read_pid(tmp_path / "pid")
+                scope.cancel()
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(cancel_once_started)
+                await pool.run(workers.write_pid_and_sleep, tmp_path / "pid", 60)
+        assert scope.cancelled_caught
+        pid = int((tmp_path / "pid").read_text())
+        # Ray confirms the task's cancellation before the cancellation returns; the process
+        # it sent SIGKILL to is gone a moment later (milliseconds; longer on a busy machine).
+        assert await wait_until_async(lambda: dead(pid), timeout=10.0)
+        assert await pool.run(workers.square, 5) == 25
+        assert pool.stats().calls_cancelled == 1
+
+
+async def test_without_kill_on_cancel_the_abandoned_call_runs_to_its_end(tmp_path: Path) -> None:
+    release, done = tmp_path / "release", tmp_path / "done"
+    async with ray_pool() as pool:
+        view = pool.with_options(kill_on_cancel=False)
+        with anyio.move_on_after(0.5):
+            await view.run(workers.return_when_path_exists, release, "late", 30.0)
+        assert pool.stats().calls_pending == 1  # join() waits for it
+        release.touch()
+        await view.run(workers.touch_and_return, done, None)
+    assert done.exists()
+    assert pool.stats().calls_pending == 0
+
+
+async def test_map_runs_chunks_as_tasks_in_order_or_as_they_finish() -> None:
+    async with ray_pool() as pool:
+        ordered = [result async for result in pool.map(workers.square, range(50), chunksize=7)]
+        assert ordered == [x * x for x in range(50)]
+        unordered = [r async for r in pool.map(workers.square, range(20), ordered=False)]
+        assert sorted(unordered) == [x * x for x in range(20)]
+        items = [1, -2, 3]
+        results = pool.map(workers.square_unless_negative, items, return_exceptions=True)
+        outcome = [result async for result in results]
+        assert outcome[0::2] == [1, 9]
+        assert isinstance(outcome[1], ValueError)
+
+
+async def test_two_hundred_concurrent_calls_need_no_thread_each() -> None:
+    async with ray_pool() as pool:
+        await pool.run(workers.square, 1)  # Ray's own threads are up
+        threads = threading.active_count()
+        peak = threads
+
+        async def call(index: int) -> None:
+            nonlocal peak
+            assert await pool.run(workers.square, index) == index * index
+            peak = max(peak, threading.active_count())
+
+        async with anyio.create_task_group() as group:
+            for index in range(200):
+                group.start_soon(call, index)
+        assert peak <= threads + 2
+        assert pool.stats().calls_completed == 201
+
+
+async def test_max_workers_bounds_the_calls_that_run_at_once(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    async with ray_pool(max_workers=1) as pool, anyio.create_task_group() as group:
+        for index in range(3):
+            group.start_soon(pool.run, workers.return_when_path_exists, release, index, 30.0)
+        assert await wait_until_async(lambda: pool.stats().calls_pending == 3)
+        stats = pool.stats()
+        assert (stats.calls_running, stats.calls_waiting) == (1, 2)
+        release.touch()
+
+
+async def test_what_ray_cannot_do_is_refused_by_name() -> None:
+    async with ray_pool() as pool:
+        with pytest.raises(
+            anypool.UnsupportedError, match=r"ray backend does not support pool\.stream"
+        ):
+            pool.stream(workers.count_up, 3)
+        with pytest.raises(
+            anypool.UnsupportedError, match=r"ray backend does not support pool\.open_channel"
+        ):
+            pool.open_channel(workers.square)
+    with pytest.raises(ValueError, match=r"^start_method: options of the pool's default backend"):
+        anypool.Pool(backend=RayBackend(), start_method="fork")
+
+
+async def test_a_ray_initialised_already_is_used_and_left_running() -> None:
+    import ray
+
+    assert ray.is_initialized()
+    async with ray_pool() as pool:
+        assert await pool.run(workers.square, 2) == 4
+    assert ray.is_initialized()
