@@ -143,12 +143,63 @@ async def test_max_workers_bounds_the_calls_that_run_at_once(tmp_path: Path) -> 
         release.touch()
 
 
+@pytest.mark.parametrize("fn", [workers.count_up, workers.async_count_up], ids=["sync", "async"])
+async def test_stream_yields_a_generators_items_in_order(fn: object) -> None:
+    async with ray_pool() as pool:
+        assert [item async for item in pool.stream(fn, 600)] == list(range(600))  # type: ignore[arg-type]
+        assert pool.stats().calls_completed == 1
+
+
+async def test_a_stream_raises_the_generators_exception_after_its_items() -> None:
+    async with ray_pool() as pool:
+        received: list[object] = []
+
+        async def consume() -> None:
+            async for item in pool.stream(workers.yield_then_raise_quota_error, "u", 3):
+                received.append(item)
+
+        with pytest.raises(workers.QuotaError, match="u is over quota"):
+            await consume()
+        assert received == [1]
+        assert pool.stats().calls_failed == 1
+
+
+async def test_leaving_a_stream_early_stops_its_generator(tmp_path: Path) -> None:
+    outcome = tmp_path / "outcome"
+    async with ray_pool() as pool:
+        async with pool.stream(workers.yield_pid_forever, outcome) as items:
+            async for _ in items:
+                break
+        # Interrupted in its task, the generator was closed as on the local pool.
+        assert await wait_until_async(outcome.exists, timeout=10.0)
+        assert outcome.read_text() == "GeneratorExit"
+        assert await pool.run(workers.square, 6) == 36
+        stats = pool.stats()
+        assert (stats.calls_cancelled, stats.calls_running, stats.calls_pending) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("buffer", [6, None], ids=["buffer=6", "default buffer"])
+async def test_a_streams_generator_runs_at_most_buffer_items_ahead(
+    buffer: int | None, tmp_path: Path
+) -> None:
+    bound = 64 if buffer is None else buffer
+    log = tmp_path / "produced"
+    async with ray_pool() as pool:
+        view = pool if buffer is None else pool.with_options(buffer=buffer)
+        async with view.stream(workers.count_forever_logging, log) as items:
+            taken = 0
+            async for _ in items:
+                taken += 1
+                if taken == 10:
+                    break
+            # The consumer pauses: the endless generator runs up to the bound, and no further.
+            await anyio.sleep(0.5)
+            produced = len(log.read_text().split())
+        assert produced <= taken + bound
+
+
 async def test_what_ray_cannot_do_is_refused_by_name() -> None:
     async with ray_pool() as pool:
-        with pytest.raises(
-            anypool.UnsupportedError, match=r"ray backend does not support pool\.stream"
-        ):
-            pool.stream(workers.count_up, 3)
         with pytest.raises(
             anypool.UnsupportedError, match=r"ray backend does not support pool\.open_channel"
         ):

@@ -67,23 +67,21 @@ class ThreadsafeEvent:
 
 
 class _AsyncioThreadsafeEvent(ThreadsafeEvent):
-    __slots__ = ("_future", "_loop")
+    # An asyncio.Event rather than a future: a wait cut short by a timeout must leave it
+    # waitable again (a future awaited by a cancelled task is cancelled with it).
+    __slots__ = ("_event", "_loop")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._future: asyncio.Future[None] = self._loop.create_future()
+        self._event = asyncio.Event()
 
     def set_from_any_thread(self) -> None:
         # (A loop closed meanwhile has nobody left to wake.)
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._set)
-
-    def _set(self) -> None:
-        if not self._future.done():
-            self._future.set_result(None)
+            self._loop.call_soon_threadsafe(self._event.set)
 
     async def wait(self) -> None:
-        await self._future
+        await self._event.wait()
 
 
 class _TrioThreadsafeEvent(ThreadsafeEvent):

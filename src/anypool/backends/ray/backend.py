@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -13,10 +14,10 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from ..._errors import BrokenWorkerError, PoolClosedError
-from ..._eventloop import current_loop
+from ..._errors import BrokenWorkerError, PoolClosedError, SerializationError
+from ..._eventloop import ThreadsafeEvent, current_loop
 from ..._serialize import Payload, describe, dumps_call_arguments, load_error, load_result
-from ..._stats import CallCounters, PoolStats
+from ..._stats import CallCounters, Ending, PoolStats
 from .._base import (
     Backend,
     Call,
@@ -29,12 +30,17 @@ from .._base import (
 )
 from ..local import wire
 from ..local.lanes import pack_chunk
-from .remote import for_ray, run_call
+from .remote import for_ray, run_call, run_stream
 
 __all__ = ["RayBackend"]
 
 _CANCEL_CONFIRMATION = 10.0
 """The longest a cancelled call waits for Ray to confirm that its task was killed."""
+_CLOSE_GRACE = 1.0
+"""Seconds a stream's generator, interrupted because its consumer left, has to end before its
+process is killed."""
+_STREAM_BATCH = 256
+"""The most items of a stream in one Ray object."""
 
 
 class RayBackend(Backend):
@@ -54,9 +60,7 @@ class RayBackend(Backend):
     """
 
     name: ClassVar[str] = "ray"
-    unsupported: ClassVar[frozenset[Feature]] = frozenset(
-        {Feature.STREAM, Feature.CHANNEL, Feature.QUEUE}
-    )
+    unsupported: ClassVar[frozenset[Feature]] = frozenset({Feature.CHANNEL, Feature.QUEUE})
 
     def __init__(
         self,
@@ -78,6 +82,7 @@ class RayBackend(Backend):
         self._task_options = {"max_retries": 0, **(task_options or {})}
         self._max_workers: int | None = None
         self._task: Any = None
+        self._stream_task: Any = None
         self._starting: anyio.Event | None = None
         self._started_ray = False
         self._limiter: anyio.CapacityLimiter | None = None
@@ -140,8 +145,26 @@ class RayBackend(Backend):
         return _RayChunks(self, feed, group, kill_on_cancel)
 
     async def open_stream(self, call: Call, *, buffer: int) -> StreamSession:
-        self.require(Feature.STREAM)
-        raise AssertionError  # (require raised)
+        fn = call.fn
+        payload = dumps_call_arguments(
+            (fn, call.args, call.kwargs, call.event_loop, buffer), fn, call.args, call.kwargs
+        )
+        # Items go in batches of at most a third of the buffer, and Ray holds back a generator
+        # with one batch unread: ahead of the consumer are at most that batch, the one being
+        # filled, and what is left of the batch the consumer is taking: ``buffer`` items.
+        batch = max(1, min(_STREAM_BATCH, buffer // 3))
+        self._accepted += 1
+        # The stream holds its place among the max_workers until it ends, in whichever task.
+        place = object()
+        try:
+            task = await self._ready_stream_task()
+            await self._capacity_limiter().acquire_on_behalf_of(place)
+        except BaseException:
+            self._call_finished()
+            raise
+        generator = task.remote(for_ray(payload), self._sys_path, batch)
+        self.counters.started()
+        return _RayStream(self, fn, generator, place)
 
     async def open_channel(self, call: Call, *, buffer: int) -> ChannelSession:
         self.require(Feature.CHANNEL)
@@ -303,6 +326,16 @@ class RayBackend(Backend):
             ray.init(address=self._address, **self._init_options)
             self._started_ray = True
         self._task = ray.remote(run_call).options(**self._task_options)
+        self._stream_task = ray.remote(run_stream).options(
+            **self._task_options,
+            num_returns="streaming",
+            # Ray pauses the generator while this many of its objects are unread.
+            _generator_backpressure_num_objects=1,
+        )
+
+    async def _ready_stream_task(self) -> Any:
+        await self._ready_task()
+        return self._stream_task
 
     def _capacity_limiter(self) -> anyio.CapacityLimiter:
         if self._limiter is None:
@@ -326,6 +359,101 @@ class RayBackend(Backend):
             self._started_ray = False
             self._task = None
             self._ray.shutdown()
+
+
+class _RayStream(StreamSession):
+    """A Ray streaming generator's items, a batch at a time, waited for without a thread."""
+
+    def __init__(
+        self, backend: RayBackend, fn: Callable[..., Any], generator: Any, place: object
+    ) -> None:
+        self._backend = backend
+        self._fn = fn
+        self._generator = generator
+        self._place = place
+        self._items: deque[Any] = deque()
+        self._over = False
+
+    async def next(self) -> Any:
+        while not self._items:
+            if self._over:
+                raise StopAsyncIteration
+            try:
+                kind, data = await self._next_batch()
+            except StopAsyncIteration:
+                self._end("completed")
+                raise
+            except Exception as error:
+                self._end("failed" if not isinstance(error, PoolClosedError) else "aborted")
+                raise
+            except BaseException:
+                # Cancelled: stop the generator as when the consumer leaves early.
+                await self.aclose()
+                raise
+            if kind == wire.ERROR:
+                self._end("failed")
+                raise load_error(data)
+            try:
+                self._items.extend(load_result(data, self._fn))
+            except SerializationError:
+                await self._close("failed")
+                raise
+        return self._items.popleft()
+
+    async def aclose(self) -> None:
+        await self._close("cancelled")
+
+    async def _close(self, how: Ending) -> None:
+        """Interrupt the generator (KeyboardInterrupt in its task: its ``finally`` runs), and
+        kill its process if it has not ended within a second."""
+        if self._over:
+            return
+        self._items.clear()
+        ray = self._backend._ray
+        done = _when_done(self._generator.completed())
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                ray.cancel(self._generator, force=False)
+            with anyio.move_on_after(_CLOSE_GRACE) as grace:
+                await done.wait()
+            if grace.cancelled_caught:
+                with contextlib.suppress(Exception):
+                    ray.cancel(self._generator, force=True)
+                with anyio.move_on_after(_CANCEL_CONFIRMATION):
+                    await done.wait()
+        self._end(how)
+
+    async def _next_batch(self) -> tuple[int, Any]:
+        """The generator's next object, once it is ready: Ray's own asyncio wait would not serve
+        trio, so this waits on the done-callback of the object Ray says comes next."""
+        generator = self._generator
+        core_worker = generator.worker.core_worker
+        expected, ready = core_worker.peek_object_ref_stream(generator._generator_ref)
+        if not ready:
+            await _when_done(expected).wait()
+        try:
+            ref = next(generator)  # ready now: it does not block
+        except StopIteration:
+            raise StopAsyncIteration from None
+        outcome: tuple[int, Any] = await self._backend._outcome(ref, self._fn)
+        return outcome
+
+    def _end(self, how: Ending) -> None:
+        if not self._over:
+            self._over = True
+            self._items.clear()
+            self._backend.counters.ended(how)
+            limiter = self._backend._limiter
+            if limiter is not None:
+                limiter.release_on_behalf_of(self._place)
+            self._backend._call_finished()
+
+
+def _when_done(ref: Any) -> ThreadsafeEvent:
+    """An event set once ``ref`` is ready (or failed), by Ray's done-callback."""
+    event = current_loop().threadsafe_event()
+    ref.future().add_done_callback(lambda _: event.set_from_any_thread())
+    return event
 
 
 class _RayChunks(ChunkRunner):

@@ -67,7 +67,7 @@ def _serve(pipe: Pipe, config: wire.WorkerConfig) -> None:
         try:
             config.initializer(*config.initargs)
         except BaseException as error:
-            pipe.send(wire.INIT_FAILED, _report(error))
+            pipe.send(wire.INIT_FAILED, report_error(error))
             return
     message: Frame | None = None
     announced = False  # whether STARTED went out for the QUEUED call in ``message``
@@ -133,37 +133,37 @@ def _send_outcome_announcing_the_next(
     return following, True
 
 
-class _CallNotLoaded(Exception):
+class CallNotLoaded(Exception):
     """The message of a call could not be unpickled: its report is ready to send."""
 
     def __init__(self, report: bytes) -> None:
         self.report = report
 
 
-def _load_call(payload: Payload | bytearray) -> Any:
+def load_call(payload: Payload | bytearray) -> Any:
     """The tuple a CALL, QUEUED, STREAM or OPEN message holds, ``(fn, args, kwargs, ...)``.
 
     Raises:
-        _CallNotLoaded: with the report of a SerializationError that names the argument at
+        CallNotLoaded: with the report of a SerializationError that names the argument at
             fault, its ``__cause__`` the error raised while unpickling.
     """
     try:
         return loads(payload)
     # BaseException: a __reduce__ may raise anything, and must not end the worker.
     except BaseException as error:
-        raise _CallNotLoaded(_report(unpickling_error(payload, error), cause=error)) from None
+        raise CallNotLoaded(report_error(unpickling_error(payload, error), cause=error)) from None
 
 
 def run_pickled_call(payload: Payload | bytearray) -> tuple[int, Payload]:
     """Run the pickled call ``(fn, args, kwargs, event_loop)``: ``(RESULT, the pickled result)``
     or ``(ERROR, a pickled ErrorReport)``, whatever went wrong. (Ray tasks run it too.)"""
     try:
-        fn, args, kwargs, event_loop = _load_call(payload)
+        fn, args, kwargs, event_loop = load_call(payload)
         result = _call(fn, args, kwargs, event_loop)
-    except _CallNotLoaded as failure:
+    except CallNotLoaded as failure:
         return wire.ERROR, failure.report
     except BaseException as error:
-        return wire.ERROR, _report(error)
+        return wire.ERROR, report_error(error)
     if fn is apply_to_chunk:
         return wire.RESULT, _dump_chunk_outcome(args[0], *result)
     return _outcome(fn, result)
@@ -204,22 +204,22 @@ def _unpicklable(what: str, obj: Any, error: BaseException) -> bytes:
     """The ErrorReport of a SerializationError: ``what`` (``obj``) could not be pickled."""
     failure = SerializationError(f"could not pickle {what} ({describe(obj)}): {error!r}")
     failure.__cause__ = error
-    return _report(failure)
+    return report_error(failure)
 
 
 def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
     """Call ``fn(channel_end, *args, **kwargs)`` and send its outcome once it returns."""
     channel: ChannelState | None = None
     try:
-        fn, args, kwargs, event_loop, buffer = _load_call(payload)
+        fn, args, kwargs, event_loop, buffer = load_call(payload)
         channel = ChannelState(pipe, buffer)
         run_blocking(pipe, channel.start(buffer))
         end = AsyncChannelEnd(channel, event_loop) if _is_async(fn) else ChannelEnd(channel)
         outcome = _outcome(fn, _call(fn, (end, *args), kwargs, event_loop))
-    except _CallNotLoaded as failure:
+    except CallNotLoaded as failure:
         outcome = wire.ERROR, failure.report
     except BaseException as error:
-        outcome = wire.ERROR, _report(error)
+        outcome = wire.ERROR, report_error(error)
     if channel is None:
         pipe.send(*outcome)
         return
@@ -233,13 +233,13 @@ def _stream(pipe: Pipe, payload: bytes | bytearray) -> None:
     """Send the items of a generator as it makes them, at most ``buffer`` ahead of the
     parent's credit, until it ends, fails, or the parent asks to close it."""
     try:
-        fn, args, kwargs, event_loop, buffer = _load_call(payload)
-        generator = _start_generator(fn, args, kwargs)
-    except _CallNotLoaded as failure:
+        fn, args, kwargs, event_loop, buffer = load_call(payload)
+        generator = start_generator(fn, args, kwargs)
+    except CallNotLoaded as failure:
         pipe.send(wire.ERROR, failure.report)
         return
     except BaseException as error:
-        pipe.send(wire.ERROR, _report(error))
+        pipe.send(wire.ERROR, report_error(error))
         return
     credit = _Credit(pipe, buffer)
     if isinstance(generator, types.AsyncGeneratorType):
@@ -248,7 +248,7 @@ def _stream(pipe: Pipe, payload: bytes | bytearray) -> None:
         _drive_generator(pipe, generator, credit)
 
 
-def _start_generator(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def start_generator(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     generator = fn(*args, **kwargs)
     if not isinstance(generator, (types.GeneratorType, types.AsyncGeneratorType)):
         raise TypeError(
@@ -298,9 +298,9 @@ def _drive_generator(pipe: Pipe, generator: Any, credit: _Credit) -> None:
             pipe.send(wire.RESULT, dumps(None))
             return
         except BaseException as error:
-            pipe.send(wire.ERROR, _report(error))
+            pipe.send(wire.ERROR, report_error(error))
             return
-        kind, data = _pickle_item(item, generator)
+        kind, data = pickle_item(item, generator)
         if kind == wire.ERROR:
             # Close the generator before reporting: the error is the stream's last message.
             with contextlib.suppress(Exception):
@@ -322,9 +322,9 @@ async def _drive_async_generator(pipe: Pipe, generator: Any, credit: _Credit) ->
             pipe.send(wire.RESULT, dumps(None))
             return
         except BaseException as error:
-            pipe.send(wire.ERROR, _report(error))
+            pipe.send(wire.ERROR, report_error(error))
             return
-        kind, data = _pickle_item(item, generator)
+        kind, data = pickle_item(item, generator)
         if kind == wire.ERROR:
             with contextlib.suppress(Exception):
                 await generator.aclose()
@@ -336,12 +336,12 @@ async def _drive_async_generator(pipe: Pipe, generator: Any, credit: _Credit) ->
     pipe.send(wire.RESULT, dumps(None))
 
 
-def _pickle_item(item: Any, generator: Any) -> tuple[int, Payload]:
+def pickle_item(item: Any, generator: Any) -> tuple[int, Payload]:
     """The ITEM message for ``item``, or the ERROR that says why it cannot be pickled."""
     try:
         return wire.ITEM, dumps_item(item, f"yielded by {generator.__qualname__}", out_of_band=True)
     except SerializationError as error:
-        return wire.ERROR, _report(error)
+        return wire.ERROR, report_error(error)
     except BaseException as error:  # from a __reduce__: it must not end the worker
         return wire.ERROR, _unpicklable(f"an item yielded by {generator.__qualname__}", item, error)
 
@@ -371,7 +371,7 @@ def apply_to_chunk(
             results.extend(map(call, items[position:] if position else items))
         except BaseException as error:
             failures.append(len(results))
-            results.append(_report(error))
+            results.append(report_error(error))
             if stop_at_error:
                 break
         position = len(results)
@@ -402,7 +402,7 @@ def _run_coroutine(coroutine: Coroutine[Any, Any, Any], event_loop: str) -> Any:
     return asyncio.run(coroutine)
 
 
-def _report(error: BaseException, cause: BaseException | None = None) -> bytes:
+def report_error(error: BaseException, cause: BaseException | None = None) -> bytes:
     """Pickle ``error`` for the parent, with its traceback as text and a fallback by name;
     and ``cause``, reported likewise, to be its ``__cause__`` there (else the traceback is)."""
     # The first frames are this module's own; the user's traceback starts below them.
@@ -419,5 +419,5 @@ def _report(error: BaseException, cause: BaseException | None = None) -> bytes:
         message = str(error)
     except BaseException:
         message = "<str() of the exception failed>"
-    reported_cause = None if cause is None else _report(cause)
+    reported_cause = None if cause is None else report_error(cause)
     return dumps(ErrorReport(exception, name, message, text, reported_cause))
