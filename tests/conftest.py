@@ -42,15 +42,34 @@ def anyio_backend(request: pytest.FixtureRequest) -> object:
     return request.param
 
 
-@pytest.fixture(params=list(POOL_BACKENDS))
+@pytest.fixture(
+    params=[
+        name if name == "local" else pytest.param(name, marks=getattr(pytest.mark, name))
+        for name in POOL_BACKENDS
+    ]
+)
 def contract_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """Contract tests (modules marked ``usefixtures("contract_backend")``) run on every backend
-    of ``support.POOL_BACKENDS``: their pools come from ``support.contract_pool``."""
+    of ``support.POOL_BACKENDS``: their pools come from ``support.contract_pool``. An engine's
+    runs carry its marker (``ray``), and run beside its session (``make test-ray``)."""
     use_contract_backend(request.param)
     try:
         yield request.param
     finally:
         use_contract_backend("local")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test marked ray runs beside the session's Ray, started before the test's leak
+    # check takes its baseline (session fixtures are set up first).
+    for item in items:
+        fixtures = getattr(item, "fixturenames", None)
+        if (
+            item.get_closest_marker("ray")
+            and fixtures is not None
+            and "ray_session" not in fixtures
+        ):
+            fixtures.insert(0, "ray_session")
 
 
 @pytest.fixture(scope="session")

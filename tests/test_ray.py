@@ -22,7 +22,7 @@ import workers
 from anypool.backends import RayBackend
 from support import dead, read_pid, wait_until_async
 
-pytestmark = [pytest.mark.anyio, pytest.mark.ray, pytest.mark.usefixtures("ray_session")]
+pytestmark = [pytest.mark.anyio, pytest.mark.ray]
 
 
 def ray_pool(max_workers: int | None = 2) -> anypool.Pool:

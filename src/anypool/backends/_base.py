@@ -21,11 +21,12 @@ from __future__ import annotations
 import abc
 import enum
 import itertools
+import os
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from .._errors import UnsupportedError
+from .._errors import PoolClosedError, UnsupportedError
 
 if TYPE_CHECKING:
     from collections import deque
@@ -199,6 +200,13 @@ class Backend(abc.ABC):
     unsupported: ClassVar[frozenset[Feature]] = frozenset()
     """What this backend cannot do: the front ends refuse it with :class:`UnsupportedError`."""
 
+    def __init__(self) -> None:
+        # The lifecycle every backend shares: close() stops admission, terminate() everything;
+        # a pool is not usable from a process forked from its owner.
+        self._closed = False
+        self._terminated = False
+        self._owner_pid = os.getpid()
+
     def require(self, feature: Feature) -> None:
         """Raise :class:`UnsupportedError` if this backend cannot do ``feature``."""
         if feature in self.unsupported:
@@ -223,13 +231,18 @@ class Backend(abc.ABC):
         """Seconds a worker that is told to stop has before it is killed."""
 
     @property
-    @abc.abstractmethod
-    def state(self) -> Literal["open", "closed", "terminated"]: ...
+    def state(self) -> Literal["open", "closed", "terminated"]:
+        return "terminated" if self._terminated else "closed" if self._closed else "open"
 
-    @abc.abstractmethod
     def check_open(self) -> None:
         """Raise :class:`PoolClosedError` if no more calls are accepted (or ``RuntimeError``
         if the pool cannot be used from this process)."""
+        if self._closed:
+            raise PoolClosedError(
+                "the pool is closed" + (" (terminated)" if self._terminated else "")
+            )
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError("a pool can only be used by the process that created it")
 
     @abc.abstractmethod
     def call(self, call: Call, *, kill_on_cancel: bool) -> Awaitable[Any]:

@@ -17,13 +17,12 @@ import time
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final
 
 import anyio.abc
 
 from ..._arguments import check_callable, check_count, check_seconds, check_timeout
 from ..._cpu import cpu_count
-from ..._errors import PoolClosedError
 from ..._serialize import dumps, dumps_call_arguments
 from ..._stats import PoolStats
 from .._base import Backend, Call, ChannelSession, ChunkFeed, ChunkRunner, StreamSession
@@ -83,8 +82,7 @@ class LocalBackend(Backend):
             max_workers, start_method, dumps(config), max_tasks_per_worker, kill_grace
         )
         self._calls = CallRunner(self.workers)
-        self._closed = False
-        self._owner_pid = os.getpid()
+        super().__init__()
         _live_backends.add(self)
         # Large results come in shared memory that is worth reusing while the pool is open.
         # Called once the workers are gone, or when the pool is collected (whichever first).
@@ -105,18 +103,6 @@ class LocalBackend(Backend):
     @property
     def start_method(self) -> str:
         return self.workers.start_method
-
-    @property
-    def state(self) -> Literal["open", "closed", "terminated"]:
-        return "terminated" if self.workers.terminated else "closed" if self._closed else "open"
-
-    def check_open(self) -> None:
-        if self._closed:
-            raise PoolClosedError(
-                "the pool is closed" + (" (terminated)" if self.workers.terminated else "")
-            )
-        if os.getpid() != self._owner_pid:
-            raise RuntimeError("a pool can only be used by the process that created it")
 
     # --- calls -------------------------------------------------------------------------------
 
@@ -163,12 +149,12 @@ class LocalBackend(Backend):
         self._stop_keeping_spare_files()
 
     async def terminate(self) -> None:
-        self._closed = True
+        self._closed = self._terminated = True
         await self.workers.terminate()
         self._stop_keeping_spare_files()
 
     def shutdown_now(self, grace: float) -> None:
-        self._closed = True
+        self._closed = self._terminated = True
         self.workers.shutdown_now(grace)
         self._stop_keeping_spare_files()
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._errors import BrokenWorkerError, PoolClosedError
-from ..._serialize import Payload, describe, load_error, load_result
+from ..._serialize import Payload, describe
 from . import wire
 from .handle import WorkerHandle
-from .replies import Retired, drain_in_background, lost, reply
+from .replies import Retired, deliver, drain_in_background, lost, reply
 from .sendahead import QUEUED_MAX_BYTES, Slot
 from .transport import ChannelClosed
 from .workers import WorkerCache
@@ -153,13 +153,4 @@ class CallRunner:
         worker.calls += 1
         worker.last_call_seconds = time.monotonic() - worker.call_started
         cache.finish(worker)
-        if kind == wire.RESULT:
-            try:
-                result = load_result(body, fn)
-            except BaseException:
-                cache.counters.ended("failed")
-                raise
-            cache.counters.ended("completed")
-            return result
-        cache.counters.ended("failed")
-        raise load_error(body)
+        return deliver(cache.counters, kind, body, fn)

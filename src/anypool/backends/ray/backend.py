@@ -8,7 +8,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
@@ -30,6 +30,7 @@ from .._base import (
 )
 from ..local import wire
 from ..local.lanes import pack_chunk
+from ..local.replies import deliver
 from .remote import for_ray, run_call, run_stream
 
 __all__ = ["RayBackend"]
@@ -90,9 +91,7 @@ class RayBackend(Backend):
         self.counters = CallCounters()
         self._accepted = 0
         self._all_done: anyio.Event | None = None
-        self._closed = False
-        self._terminated = False
-        self._owner_pid = os.getpid()
+        super().__init__()
         # Where a Ray worker finds the functions pickled by reference (see remote.run_call).
         self._sys_path = tuple(sys.path)
 
@@ -114,18 +113,6 @@ class RayBackend(Backend):
     @property
     def kill_grace(self) -> float:
         return 0.0  # ray.cancel(force=True) kills at once
-
-    @property
-    def state(self) -> Literal["open", "closed", "terminated"]:
-        return "terminated" if self._terminated else "closed" if self._closed else "open"
-
-    def check_open(self) -> None:
-        if self._closed:
-            raise PoolClosedError(
-                "the pool is closed" + (" (terminated)" if self._terminated else "")
-            )
-        if os.getpid() != self._owner_pid:
-            raise RuntimeError("a pool can only be used by the process that created it")
 
     def call(self, call: Call, *, kill_on_cancel: bool) -> Awaitable[Any]:
         fn = call.fn
@@ -214,16 +201,7 @@ class RayBackend(Backend):
 
     async def _call(self, fn: Callable[..., Any], payload: Payload, kill_on_cancel: bool) -> Any:
         kind, body = await self.submit(fn, payload, kill_on_cancel)
-        if kind == wire.RESULT:
-            try:
-                result = load_result(body, fn)
-            except BaseException:
-                self.counters.ended("failed")
-                raise
-            self.counters.ended("completed")
-            return result
-        self.counters.ended("failed")
-        raise load_error(body)
+        return deliver(self.counters, kind, body, fn)
 
     async def submit(
         self, fn: Callable[..., Any], payload: Payload, kill_on_cancel: bool
