@@ -33,11 +33,13 @@ test-ray: venv
 test-under-load: venv
 	$(BIN)/python tests/load.py --seconds 1200 -- $(BIN)/python -m pytest -m timing
 
-# The test suite under coverage.py, worker processes included; fails below the figure in
-# pyproject.toml ([tool.coverage.report] fail_under). About 1.6 times as long as make test.
+# The test suite under coverage.py, worker processes included, then the Ray backend's tests;
+# fails below the figure in pyproject.toml ([tool.coverage.report] fail_under). About 1.7 times
+# as long as make test.
 coverage: venv
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m coverage run -m pytest -q
+	$(BIN)/python -m coverage run -m pytest -q -m ray
 	$(BIN)/python -m coverage combine -q
 	$(BIN)/python -m coverage report
 
