@@ -201,9 +201,17 @@ async def test_a_streams_generator_runs_at_most_buffer_items_ahead(
 async def test_what_ray_cannot_do_is_refused_by_name() -> None:
     async with ray_pool() as pool:
         with pytest.raises(
-            anypool.UnsupportedError, match=r"ray backend does not support pool\.open_channel"
+            anypool.UnsupportedError,
+            match=r"^the ray backend does not support pool\.open_channel: talk to a Ray actor",
         ):
             pool.open_channel(workers.square)
+        queue: anypool.Queue[int] = anypool.Queue()
+        with pytest.raises(
+            anypool.UnsupportedError,
+            match=r"^the ray backend does not support anypool\.Queue: use ray\.util\.queue\.Queue",
+        ):
+            await pool.run(workers.identity, queue)
+        assert pool.stats().calls_running == 0
     with pytest.raises(ValueError, match=r"^start_method: options of the pool's default backend"):
         anypool.Pool(backend=RayBackend(), start_method="fork")
 

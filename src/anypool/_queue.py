@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 import anyio
 
 from ._serialize import dumps_item, load_value
-from .backends._base import QueueStatus, register_queue
+from .backends._base import Feature, QueueStatus, register_queue, require_while_pickling
 from .backends.local.child.queue import WorkerQueue
 
 __all__ = ["Queue"]
@@ -109,7 +109,9 @@ class Queue(Generic[T]):
             raise StopAsyncIteration from None
 
     def __reduce__(self) -> tuple[type[WorkerQueue[T]], tuple[int, int]]:
-        # What a worker receives: a handle that asks this process for each operation.
+        # What a worker receives: a handle that asks this process for each operation, over the
+        # worker's pipe to it; a backend without such pipes refuses it here.
+        require_while_pickling(Feature.QUEUE)
         return WorkerQueue, (self._id, self.maxsize)
 
     def __del__(self) -> None:

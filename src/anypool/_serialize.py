@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Final, NamedTuple, overload
 
 import cloudpickle
 
-from ._errors import RemoteError, RemoteTraceback, SerializationError
+from ._errors import RemoteError, RemoteTraceback, SerializationError, UnsupportedError
 
 __all__ = [
     "MAX_BUFFERS",
@@ -271,6 +271,8 @@ def dumps_call_arguments(
             return pickle.dumps(message, PROTOCOL)
     try:
         return dumps(message, out_of_band=True)
+    except UnsupportedError:
+        raise  # an argument the backend cannot carry (see backends._base.pickling_for)
     except Exception as error:
         # Pickle again piece by piece, only on this error path, to name the culprit.
         what, culprit = _find_unpicklable(fn, args, kwargs)

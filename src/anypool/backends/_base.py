@@ -19,11 +19,13 @@ all the same: it is types and small helpers.
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 import enum
 import itertools
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from .._errors import PoolClosedError, UnsupportedError
@@ -47,7 +49,9 @@ __all__ = [
     "QueueStatus",
     "StreamSession",
     "find_queue",
+    "pickling_for",
     "register_queue",
+    "require_while_pickling",
 ]
 
 
@@ -200,6 +204,9 @@ class Backend(abc.ABC):
     unsupported: ClassVar[frozenset[Feature]] = frozenset()
     """What this backend cannot do: the front ends refuse it with :class:`UnsupportedError`."""
 
+    instead: ClassVar[dict[Feature, str]] = {}
+    """What to use instead of an unsupported feature, said in the error."""
+
     def __init__(self) -> None:
         # The lifecycle every backend shares: close() stops admission, terminate() everything;
         # a pool is not usable from a process forked from its owner.
@@ -210,7 +217,11 @@ class Backend(abc.ABC):
     def require(self, feature: Feature) -> None:
         """Raise :class:`UnsupportedError` if this backend cannot do ``feature``."""
         if feature in self.unsupported:
-            raise UnsupportedError(f"the {self.name} backend does not support {feature.value}")
+            hint = self.instead.get(feature)
+            raise UnsupportedError(
+                f"the {self.name} backend does not support {feature.value}"
+                + (f": {hint}" if hint else "")
+            )
 
     @property
     @abc.abstractmethod
@@ -324,6 +335,30 @@ class QueueEndpoint(Protocol):
 
     async def serve_get(self, block: bool, timeout: float) -> tuple[QueueStatus, bytes]:
         """Take a pickled item; ``timeout`` < 0: no limit."""
+
+
+_pickling_for: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "anypool_pickling_for", default=None
+)
+
+
+@contextlib.contextmanager
+def pickling_for(backend: Backend) -> Iterator[None]:
+    """Pickle a call for ``backend``: what pickles itself only where the backend supports it
+    (an ``anypool.Queue``) asks it (see :func:`require_while_pickling`)."""
+    token = _pickling_for.set(backend)
+    try:
+        yield
+    finally:
+        _pickling_for.reset(token)
+
+
+def require_while_pickling(feature: Feature) -> None:
+    """Raise :class:`UnsupportedError` if a call is being pickled for a backend that cannot do
+    ``feature``."""
+    backend = _pickling_for.get()
+    if backend is not None:
+        backend.require(feature)
 
 
 # Queues by id: a worker's request names its queue by id, since the queue itself stays here.

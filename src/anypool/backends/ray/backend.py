@@ -27,6 +27,7 @@ from .._base import (
     ChunkRunner,
     Feature,
     StreamSession,
+    pickling_for,
 )
 from ..local import wire
 from ..local.lanes import pack_chunk
@@ -62,6 +63,10 @@ class RayBackend(Backend):
 
     name: ClassVar[str] = "ray"
     unsupported: ClassVar[frozenset[Feature]] = frozenset({Feature.CHANNEL, Feature.QUEUE})
+    instead: ClassVar[dict[Feature, str]] = {
+        Feature.CHANNEL: "talk to a Ray actor instead",
+        Feature.QUEUE: "use ray.util.queue.Queue instead",
+    }
 
     def __init__(
         self,
@@ -116,15 +121,17 @@ class RayBackend(Backend):
 
     def call(self, call: Call, *, kill_on_cancel: bool) -> Awaitable[Any]:
         fn = call.fn
-        payload = dumps_call_arguments(
-            (fn, call.args, call.kwargs, call.event_loop), fn, call.args, call.kwargs
-        )
+        with pickling_for(self):
+            payload = dumps_call_arguments(
+                (fn, call.args, call.kwargs, call.event_loop), fn, call.args, call.kwargs
+            )
         return self._call(fn, payload, kill_on_cancel)
 
     def pack_chunk(
         self, fn: Callable[[Any], Any], items: Sequence[Any], *, raise_first: bool
     ) -> tuple[Any, int]:
-        return pack_chunk(fn, items, raise_first=raise_first)
+        with pickling_for(self):
+            return pack_chunk(fn, items, raise_first=raise_first)
 
     def run_chunks(
         self, feed: ChunkFeed, group: anyio.abc.TaskGroup, *, kill_on_cancel: bool
@@ -133,9 +140,10 @@ class RayBackend(Backend):
 
     async def open_stream(self, call: Call, *, buffer: int) -> StreamSession:
         fn = call.fn
-        payload = dumps_call_arguments(
-            (fn, call.args, call.kwargs, call.event_loop, buffer), fn, call.args, call.kwargs
-        )
+        with pickling_for(self):
+            payload = dumps_call_arguments(
+                (fn, call.args, call.kwargs, call.event_loop, buffer), fn, call.args, call.kwargs
+            )
         # Items go in batches of at most a third of the buffer, and Ray holds back a generator
         # with one batch unread: ahead of the consumer are at most that batch, the one being
         # filled, and what is left of the batch the consumer is taking: ``buffer`` items.
