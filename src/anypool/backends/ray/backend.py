@@ -401,6 +401,12 @@ class _RayStream(StreamSession):
             with contextlib.suppress(Exception):
                 ray.cancel(self._generator, force=False)
             with anyio.move_on_after(_CLOSE_GRACE) as grace:
+                # Read on, dropping what it yields meanwhile: a generator that Ray holds back
+                # until its items are read runs no Python code, so it would never meet the
+                # interrupt. Its end (an error, the interrupt's) ends the loop.
+                with contextlib.suppress(Exception):
+                    while True:
+                        await self._next_batch()
                 await done.wait()
             if grace.cancelled_caught:
                 with contextlib.suppress(Exception):
