@@ -12,8 +12,7 @@ A backend that cannot do something declares it in :attr:`Backend.unsupported`; t
 then raises :class:`UnsupportedError` naming the feature and the backend, before any work
 starts.
 
-Imported by front ends only (workers never import it), but kept free of anyio at import time
-all the same: it is types and small helpers.
+Imported by front ends and backends only: workers never import it.
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ import os
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+import anyio
 
 from .._errors import PoolClosedError, UnsupportedError
 
@@ -45,6 +46,7 @@ __all__ = [
     "ChunkFeed",
     "ChunkRunner",
     "Feature",
+    "PendingCalls",
     "QueueEndpoint",
     "QueueStatus",
     "StreamSession",
@@ -312,6 +314,33 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str:
         """What the pool's repr says of the backend, e.g. ``start_method='fork' workers=2``."""
+
+
+class PendingCalls:
+    """The calls a backend accepted and has not finished, those abandoned and still running
+    included: what ``join()`` waits for (and ``PoolStats.calls_pending`` counts)."""
+
+    __slots__ = ("_all_done", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._all_done: anyio.Event | None = None
+
+    def add(self) -> None:
+        self.count += 1
+
+    def finished(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._all_done is not None:
+            self._all_done.set()
+            self._all_done = None
+
+    async def wait_all_done(self) -> None:
+        """Return once none is left."""
+        if self.count:
+            if self._all_done is None:
+                self._all_done = anyio.Event()
+            await self._all_done.wait()
 
 
 # --- anypool.Queue ----------------------------------------------------------------------------

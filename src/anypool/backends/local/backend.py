@@ -144,7 +144,7 @@ class LocalBackend(Backend):
         self._closed = True
 
     async def join(self) -> None:
-        await self.workers.wait_all_done()
+        await self.workers.pending.wait_all_done()
         await self.workers.stop_idle_workers(terminate=False)
         self._stop_keeping_spare_files()
 
@@ -195,7 +195,7 @@ class LocalBackend(Backend):
             initializer_failures=workers.initializer_failures,
             worker_start_delay=max(0.0, workers.start_not_before - time.monotonic()),
             calls_waiting=len(workers.waiters) + len(workers.ahead.queued),
-            calls_pending=workers.accepted,
+            calls_pending=workers.pending.count,
         )
 
     def describe(self) -> str:

@@ -29,7 +29,7 @@ class CallRunner:
     async def run(self, fn: Callable[..., Any], payload: Payload, kill_on_cancel: bool) -> Any:
         """Run a pickled call to ``fn`` on a worker; return its result, or raise its error."""
         cache = self.cache
-        cache.accepted += 1
+        cache.pending.add()
         try:
             # Only a small call may wait in a busy worker's pipe.
             small = payload if type(payload) is bytes and len(payload) <= QUEUED_MAX_BYTES else None
@@ -48,7 +48,7 @@ class CallRunner:
                     else:
                         worker, slot = await cache.acquire_place(small, kill_on_cancel)
         finally:
-            cache.call_finished()
+            cache.pending.finished()
 
     async def run_queued(
         self,

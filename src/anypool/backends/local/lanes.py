@@ -66,7 +66,7 @@ class LaneRunner(ChunkRunner):
             lane = _Lane()
             self._lanes.add(lane)
             # A lane is a call of the pool's for close() and join(), from now until it ends.
-            self._cache.accepted += 1
+            self._cache.pending.add()
             self._group.start_soon(self._run_lane, lane)
             hungry += 1
 
@@ -87,7 +87,7 @@ class LaneRunner(ChunkRunner):
                 await self._serve(lane, worker)
         finally:
             self._lanes.discard(lane)
-            self._cache.call_finished()
+            self._cache.pending.finished()
 
     async def _serve(self, lane: _Lane, worker: WorkerHandle) -> None:
         """Run chunks on ``worker``, one at a time, until there are none to take, or a call

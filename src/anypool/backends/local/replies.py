@@ -90,7 +90,7 @@ async def lost(
 def drain_in_background(cache: WorkerCache, worker: WorkerHandle, calls: int = 1) -> None:
     """Let the worker finish the abandoned ``calls`` it was sent; discard their outcomes,
     then reuse the worker."""
-    cache.accepted += 1
+    cache.pending.add()
 
     async def drain() -> None:
         try:
@@ -109,6 +109,6 @@ def drain_in_background(cache: WorkerCache, worker: WorkerHandle, calls: int = 1
         else:
             cache.finish(worker)
         finally:
-            cache.call_finished()
+            cache.pending.finished()
 
     spawn_detached(drain)

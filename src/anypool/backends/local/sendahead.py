@@ -156,7 +156,7 @@ class SendAhead:
     def resolve_dropped(self, worker: WorkerHandle, slot: Slot) -> None:
         """In the background: hear whether the worker skipped a dropped call or had started
         it already, and treat a started one as any cancelled call."""
-        self.cache.accepted += 1
+        self.cache.pending.add()
 
         async def resolve() -> None:
             try:
@@ -167,7 +167,7 @@ class SendAhead:
                 # The event loop is ending: nobody will wait for this worker any more.
                 await self.cache.stop_busy(worker, terminate=True)
             finally:
-                self.cache.call_finished()
+                self.cache.pending.finished()
 
         spawn_detached(resolve)
 

@@ -26,7 +26,7 @@ __all__ = ["LocalChannel", "LocalStream", "open_session"]
 async def open_session(cache: WorkerCache, kind: int, payload: Payload) -> WorkerHandle:
     """A worker that was sent ``payload`` as a ``kind`` message, which starts a stream or a
     channel: a call that runs until its session ends."""
-    cache.accepted += 1
+    cache.pending.add()
     worker: WorkerHandle | None = None
     try:
         worker = await cache.acquire()
@@ -36,7 +36,7 @@ async def open_session(cache: WorkerCache, kind: int, payload: Payload) -> Worke
         if worker is not None:
             cache.counters.ended("aborted")
             await cache.stop_busy(worker, terminate=True)
-        cache.call_finished()
+        cache.pending.finished()
         raise
     return worker
 
@@ -73,7 +73,7 @@ class _Session:
         if not self._over:
             self._over = True
             self._cache.counters.ended(how)
-            self._cache.call_finished()
+            self._cache.pending.finished()
 
 
 class LocalStream(_Session, StreamSession):

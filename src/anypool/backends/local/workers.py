@@ -18,6 +18,7 @@ from ..._errors import InitializerError, PoolClosedError
 from ..._eventloop import Wakeup
 from ..._serialize import load_error
 from ..._stats import CallCounters
+from .._base import PendingCalls
 from . import wire
 from .handle import WorkerHandle
 from .sendahead import SendAhead, Slot
@@ -83,9 +84,7 @@ class WorkerCache:
         self.ahead = SendAhead(self)
 
         self.terminated = False
-        # Calls accepted and not yet finished, abandoned ones still draining included.
-        self.accepted = 0
-        self.all_done: anyio.Event | None = None
+        self.pending = PendingCalls()
 
         self.counters = CallCounters()
         """The calls of every kind the pool ran: counted by whoever reads their outcome."""
@@ -335,18 +334,6 @@ class WorkerCache:
             self.ahead.tell(slot, "retry")  # it read nothing more
         self.let_go(worker)
 
-    def call_finished(self) -> None:
-        self.accepted -= 1
-        if self.accepted == 0 and self.all_done is not None:
-            self.all_done.set()
-            self.all_done = None
-
-    async def wait_all_done(self) -> None:
-        if self.accepted:
-            if self.all_done is None:
-                self.all_done = anyio.Event()
-            await self.all_done.wait()
-
     async def stop_idle_workers(self, *, terminate: bool) -> None:
         """Stop and reap, all at once, the workers no call owns: idle and leaving ones."""
         workers = [*self.idle, *self.leaving]
@@ -370,10 +357,10 @@ class WorkerCache:
         async with anyio.create_task_group() as group:
             group.start_soon(functools.partial(self.stop_idle_workers, terminate=True))
             with anyio.move_on_after(self.kill_grace):
-                await self.wait_all_done()
+                await self.pending.wait_all_done()
             for worker in self.busy:
                 worker.signal(signal.SIGKILL)
-            await self.wait_all_done()
+            await self.pending.wait_all_done()
 
     def shutdown_now(self, grace: float) -> None:
         """Stop every worker, blocking: for interpreter exit, when no event loop is left, or a

@@ -26,6 +26,7 @@ from .._base import (
     ChunkFeed,
     ChunkRunner,
     Feature,
+    PendingCalls,
     StreamSession,
     pickling_for,
 )
@@ -94,8 +95,7 @@ class RayBackend(Backend):
         self._limiter: anyio.CapacityLimiter | None = None
         self._running: set[Any] = set()
         self.counters = CallCounters()
-        self._accepted = 0
-        self._all_done: anyio.Event | None = None
+        self._pending = PendingCalls()
         super().__init__()
         # Where a Ray worker finds the functions pickled by reference (see remote.run_call).
         self._sys_path = tuple(sys.path)
@@ -148,14 +148,14 @@ class RayBackend(Backend):
         # with one batch unread: ahead of the consumer are at most that batch, the one being
         # filled, and what is left of the batch the consumer is taking: ``buffer`` items.
         batch = max(1, min(_STREAM_BATCH, buffer // 3))
-        self._accepted += 1
+        self._pending.add()
         # The stream holds its place among the max_workers until it ends, in whichever task.
         place = object()
         try:
             task = await self._ready_stream_task()
             await self._capacity_limiter().acquire_on_behalf_of(place)
         except BaseException:
-            self._call_finished()
+            self._pending.finished()
             raise
         generator = task.remote(for_ray(payload), self._sys_path, batch)
         self.counters.started()
@@ -169,14 +169,14 @@ class RayBackend(Backend):
         self._closed = True
 
     async def join(self) -> None:
-        await self._wait_all_done()
+        await self._pending.wait_all_done()
         self._shut_down_ray()
 
     async def terminate(self) -> None:
         self._closed = self._terminated = True
         for ref in list(self._running):
             self._cancel(ref)
-        await self._wait_all_done()
+        await self._pending.wait_all_done()
         self._shut_down_ray()
 
     def shutdown_now(self, grace: float) -> None:
@@ -199,7 +199,7 @@ class RayBackend(Backend):
             calls_cancelled=counters.cancelled,
             workers_replaced=0,
             calls_waiting=limiter.statistics().tasks_waiting if limiter is not None else 0,
-            calls_pending=self._accepted,
+            calls_pending=self._pending.count,
         )
 
     def describe(self) -> str:
@@ -217,7 +217,7 @@ class RayBackend(Backend):
         """Run a pickled call in a Ray task, once fewer than ``max_workers`` run; its outcome
         as a local worker reports it, counted started. A failure of the task itself (its
         process died, the pool was terminated) is raised, counted as ended."""
-        self._accepted += 1
+        self._pending.add()
         try:
             task = await self._ready_task()
             async with self._capacity_limiter():
@@ -238,7 +238,7 @@ class RayBackend(Backend):
                 finally:
                     self._running.discard(ref)
         finally:
-            self._call_finished()
+            self._pending.finished()
 
     async def _outcome(self, ref: Any, fn: Callable[..., Any]) -> tuple[int, Any]:
         """Wait for the task: no thread, no polling; Ray's done-callback wakes this loop."""
@@ -266,7 +266,7 @@ class RayBackend(Backend):
         confirms it, or leave it to run out, its result dropped; ``join()`` waits for it."""
         future = ref.future()
         if not kill:
-            self._accepted += 1
+            self._pending.add()
             token = current_loop().threadsafe_event()
             future.add_done_callback(lambda _: token.set_from_any_thread())
 
@@ -274,7 +274,7 @@ class RayBackend(Backend):
                 try:
                     await token.wait()
                 finally:
-                    self._call_finished()
+                    self._pending.finished()
 
             current_loop().spawn_detached(run_out)
             return
@@ -327,18 +327,6 @@ class RayBackend(Backend):
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.capacity)
         return self._limiter
-
-    def _call_finished(self) -> None:
-        self._accepted -= 1
-        if self._accepted == 0 and self._all_done is not None:
-            self._all_done.set()
-            self._all_done = None
-
-    async def _wait_all_done(self) -> None:
-        if self._accepted:
-            if self._all_done is None:
-                self._all_done = anyio.Event()
-            await self._all_done.wait()
 
     def _shut_down_ray(self) -> None:
         if self._started_ray:
@@ -438,7 +426,7 @@ class _RayStream(StreamSession):
             limiter = self._backend._limiter
             if limiter is not None:
                 limiter.release_on_behalf_of(self._place)
-            self._backend._call_finished()
+            self._backend._pending.finished()
 
 
 def _when_done(ref: Any) -> ThreadsafeEvent:
