@@ -39,9 +39,6 @@ __all__ = ["RayBackend"]
 
 _CANCEL_CONFIRMATION = 10.0
 """The longest a cancelled call waits for Ray to confirm that its task was killed."""
-_CLOSE_GRACE = 1.0
-"""Seconds a stream's generator, interrupted because its consumer left, has to end before its
-process is killed."""
 _STREAM_BATCH = 256
 """The most items of a stream in one Ray object."""
 
@@ -279,10 +276,8 @@ class RayBackend(Backend):
             current_loop().spawn_detached(run_out)
             return
         self._cancel(ref)
-        event = current_loop().threadsafe_event()
-        future.add_done_callback(lambda _: event.set_from_any_thread())
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_CONFIRMATION):
-            await event.wait()
+            await _when_done(ref).wait()
 
     def _cancel(self, ref: Any) -> None:
         # (A task that just finished cannot be cancelled: nothing to do.)
@@ -378,29 +373,19 @@ class _RayStream(StreamSession):
         await self._close("cancelled")
 
     async def _close(self, how: Ending) -> None:
-        """Interrupt the generator (KeyboardInterrupt in its task: its ``finally`` runs), and
-        kill its process if it has not ended within a second."""
+        """Kill the generator's task, and its process, and wait until Ray confirms it.
+
+        Not Ray's interrupt (``ray.cancel(force=False)``): it reaches a generator only when it
+        runs Python code, and one that Ray holds back until its items are read runs none; and
+        a forced cancel racing with the end of an interrupted task crashes this process (Ray
+        2.60's "Tried to complete task that was not pending")."""
         if self._over:
             return
         self._items.clear()
-        ray = self._backend._ray
-        done = _when_done(self._generator.completed())
         with anyio.CancelScope(shield=True):
-            with contextlib.suppress(Exception):
-                ray.cancel(self._generator, force=False)
-            with anyio.move_on_after(_CLOSE_GRACE) as grace:
-                # Read on, dropping what it yields meanwhile: a generator that Ray holds back
-                # until its items are read runs no Python code, so it would never meet the
-                # interrupt. Its end (an error, the interrupt's) ends the loop.
-                with contextlib.suppress(Exception):
-                    while True:
-                        await self._next_batch()
-                await done.wait()
-            if grace.cancelled_caught:
-                with contextlib.suppress(Exception):
-                    ray.cancel(self._generator, force=True)
-                with anyio.move_on_after(_CANCEL_CONFIRMATION):
-                    await done.wait()
+            self._backend._cancel(self._generator)
+            with anyio.move_on_after(_CANCEL_CONFIRMATION):
+                await _when_done(self._generator.completed()).wait()
         self._end(how)
 
     async def _next_batch(self) -> tuple[int, Any]:

@@ -95,7 +95,8 @@ def run_stream(payload: Payload, sys_path: Sequence[str], batch: int) -> Iterato
                 pending, began = [], time.monotonic()
         yield from _batches(pending, generator)
     finally:
-        # Closed early (the caller left, or an item could not be pickled): GeneratorExit.
+        # Ended early (an item could not be pickled): GeneratorExit. (A caller that leaves
+        # kills the task instead.)
         with contextlib.suppress(Exception):
             items.close()
 
