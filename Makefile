@@ -56,6 +56,10 @@ soak: venv
 
 # anypool against its peers, every scenario (about 17 minutes); writes docs/benchmarks.md and
 # its plots. `make bench BENCH_OPTIONS=--quick` checks that it runs, in under a minute.
+# Where Ray is installed, the full run ends with the Ray section (about 5 minutes more): anypool
+# on Ray against Ray's own API, each starting a local Ray of its own. `make bench
+# BENCH_OPTIONS='--only ray'` runs that section alone and rewrites that section of the page only;
+# --quick leaves it out unless --only names it (`make test-ray` runs it quick).
 # pip compiles the bytecode of a wheel it installs, as it did the peers'; the editable source
 # tree here has none where PYTHONDONTWRITEBYTECODE is set, and each process (forkserver and
 # spawned workers included) would compile anypool again on import: compile it first.

@@ -8,6 +8,11 @@ report gives medians and anypool's ratio to the best peer. The floor of this mac
 pipe round trip, a memory copy) is measured in the same run. The full run writes
 ``docs/benchmarks.md`` and its plots; ``--quick`` runs everything small, to check that it works,
 and writes to ``--output`` (default: a temporary directory).
+
+The Ray section (``benchmarks/on_ray.py``: anypool on Ray against Ray's own API) is part of the
+full run where Ray is installed; ``--quick`` leaves it out (a Ray takes seconds to start and a
+gigabyte of memory) unless ``--only`` names it. ``--only ray`` runs that section alone; into a
+page that exists already, it writes that page's Ray section only.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anypool
-from benchmarks import contenders, floor, report, scenarios
+from benchmarks import contenders, floor, on_ray, report, scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +83,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=anypool.cpu_count())
     parser.add_argument("--repeat", type=int, help="runs per measurement (default: 5, quick: 1)")
     parser.add_argument("--output", type=Path, help="where the report and plots go")
-    parser.add_argument("--only", nargs="+", metavar="SCENARIO", help="these scenarios only")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="SCENARIO",
+        choices=[*(s.key for s in scenarios.SCENARIOS), *on_ray.KEYS, on_ray.GROUP],
+        help=f"these scenarios only ({on_ray.GROUP!r}: the Ray section's)",
+    )
     parser.add_argument("--contenders", nargs="+", metavar="NAME", help="these contenders only")
     parser.add_argument(
         "--scaling",
@@ -93,11 +104,16 @@ def main() -> None:
     output: Path = options.output or (
         Path(tempfile.mkdtemp(prefix="anypool-bench-")) if options.quick else ROOT / "docs"
     )
-    keys = [s.key for s in scenarios.SCENARIOS if not options.only or s.key in options.only]
+    only = set(options.only or ())
+    if on_ray.GROUP in only:
+        only.update(on_ray.KEYS)
+    keys = [s.key for s in scenarios.SCENARIOS if not only or s.key in only]
+    # The Ray section: in the full run, or where named.
+    ray_keys = [key for key in on_ray.KEYS if key in only or not (only or options.quick)]
     chosen = [
         contender
         for contender in contenders.CONTENDERS
-        if not options.contenders or contender.name in options.contenders
+        if keys and (not options.contenders or contender.name in options.contenders)
     ]
     started = time.monotonic()
 
@@ -121,11 +137,23 @@ def main() -> None:
                 for backend in contender.backends
             }
 
+    ray_results: dict[str, dict[str, Any]] = {}
+    if ray_keys and not on_ray.installed():
+        print("the Ray section: Ray is not installed (pip install anypool[ray])", file=sys.stderr)
+    elif ray_keys:
+        for contender in on_ray.CONTENDERS:
+            if options.contenders and contender.name not in options.contenders:
+                continue
+            print(f"measuring {contender.name} ...", file=sys.stderr)
+            ray_results[contender.name] = run_contender(
+                contender.name, options.workers, size, sizes.repeat, ray_keys
+            )
+
     scaling: dict[int, dict[str, Any]] = {}
     counts = options.scaling
     if counts is None:
         counts = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= anypool.cpu_count()]
-    if not options.only or {"map", "cpu"} & set(options.only):
+    if not only or {"map", "cpu"} & only:
         names = [
             name
             for name in report.SCALING_CONTENDERS
@@ -151,6 +179,7 @@ def main() -> None:
         scaling=scaling,
         floor=machine_floor,
         seconds=time.monotonic() - started,
+        ray=ray_results,
     )
     print(report.summary(run))
     path = report.write(run, output)

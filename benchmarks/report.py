@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anypool
-from benchmarks import contenders
+from benchmarks import contenders, on_ray
 from benchmarks.scenarios import SCENARIOS, Metric, Scenario, Sizes
 
 SCALING_CONTENDERS = ("anypool", "multiprocessing.Pool", "ProcessPoolExecutor")
@@ -30,6 +30,8 @@ class Run:
     """workers -> contender -> scenario -> backend -> metric -> value."""
     floor: dict[str, float]
     seconds: float
+    ray: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """The Ray section's: contender -> scenario -> backend -> metric -> value."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,36 @@ def comparisons(run: Run) -> list[Comparison]:
     return found
 
 
+def ray_comparisons(run: Run) -> list[Comparison]:
+    """anypool on Ray against Ray's own API, on each event loop anypool ran on; Ray's refs are
+    awaited on asyncio only, so on trio against Ray's asyncio figure."""
+    found = []
+    for scenario in on_ray.SCENARIOS:
+        for metric in scenario.metrics:
+            for backend in ("asyncio", "trio"):
+                mine = value(run.ray, on_ray.ANYPOOL, scenario.key, backend, metric.key)
+                if mine is None:
+                    continue
+                native_runs = run.ray.get(on_ray.NATIVE, {}).get(scenario.key, {})
+                native_backend = backend if backend in native_runs else "asyncio"
+                native = value(run.ray, on_ray.NATIVE, scenario.key, native_backend, metric.key)
+                found.append(
+                    Comparison(
+                        scenario,
+                        metric,
+                        backend,
+                        on_ray.ANYPOOL,
+                        mine,
+                        None
+                        if native is None
+                        else on_ray.NATIVE
+                        + ("" if native_backend == backend else f" ({native_backend})"),
+                        native,
+                    )
+                )
+    return found
+
+
 def _number(x: float | None, unit: str = "", *, with_unit: bool = True) -> str:
     if x is None:
         return "-"
@@ -140,14 +172,27 @@ def summary(run: Run) -> str:
         f"{run.seconds:.0f} s",
         f"floor: pipe round trip {run.floor['pipe_round_trip_us']:.1f} µs, "
         f"memcpy of {run.sizes.big_bytes >> 20} MiB {run.floor['memcpy_ms']:.2f} ms",
-        f"{'scenario':44s} {'loop':8s} {'anypool':>14s} {'best peer':>14s}  ratio",
     ]
-    for c in comparisons(run):
+    local = comparisons(run)
+    if local:
+        lines.append(f"{'scenario':44s} {'loop':8s} {'anypool':>14s} {'best peer':>14s}  ratio")
+    for c in local:
         label = f"{c.scenario.key}: {c.metric.label}{c.variant}"
         lines.append(
             f"{label[:44]:44s} {c.backend:8s} {_number(c.value, c.metric.unit):>14s} "
             f"{_number(c.best_value, c.metric.unit):>14s}  {c.ratio_text:6s} {c.best_peer or ''} "
             f"{_verdict(c)}"
+        )
+    ray = ray_comparisons(run)
+    if ray:
+        lines.append(
+            f"{'Ray section':44s} {'loop':8s} {'anypool':>14s} {'Ray own API':>14s}  ratio"
+        )
+    for c in ray:
+        label = f"{c.scenario.key}: {c.metric.label}"
+        lines.append(
+            f"{label[:44]:44s} {c.backend:8s} {_number(c.value, c.metric.unit):>14s} "
+            f"{_number(c.best_value, c.metric.unit):>14s}  {c.ratio_text:6s} {_verdict(c)}"
         )
     return "\n".join(lines)
 
@@ -223,13 +268,23 @@ def _floor_lines(run: Run, scenario: Scenario) -> list[str]:
     return [f"Floor: {what} takes {_number(amount, unit)} here; anypool takes " + ", ".join(parts)]
 
 
+def _today() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
 def write(run: Run, output: Path) -> Path:
-    """Write ``benchmarks.md`` and its plots into ``output``; the page's path."""
+    """Write ``benchmarks.md`` and its plots into ``output``; the page's path. A run of the Ray
+    section alone replaces the Ray section of a page that is there already, and only that."""
     output.mkdir(parents=True, exist_ok=True)
+    page = output / "benchmarks.md"
+    if run.ray and not run.results and page.exists():
+        text = _replace_section(page.read_text(), RAY_HEADING, _ray_section(run))
+        page.write_text(text.rstrip() + "\n")
+        return page
     plots = output / "benchmarks"
     plots.mkdir(exist_ok=True)
     sizes = run.sizes
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    today = _today()
     lines = [
         "# Benchmarks: anypool and its peers",
         "",
@@ -244,7 +299,12 @@ def write(run: Run, output: Path) -> Path:
         ' method, `chunksize="auto"`); two more rows show it used otherwise where that is the'
         " point: `anypool (batches)` takes map's results with `results.batches()`, and"
         " `anypool (fork)` starts its workers with the fork start method (cold first call"
-        " only).",
+        " only)."
+        + (
+            " The last section compares anypool's Ray backend with Ray's own API."
+            if run.ray
+            else ""
+        ),
         "",
         f"- Date: {today}{' (quick mode: sizes too small to mean much)' if run.quick else ''}",
         *_machine(),
@@ -256,6 +316,18 @@ def write(run: Run, output: Path) -> Path:
         ),
         f"- The whole run took {run.seconds / 60:.1f} minutes.",
         "",
+    ]
+    if run.results:
+        lines += _local_sections(run, plots)
+    lines += _ray_section(run)
+    page.write_text("\n".join(lines).rstrip() + "\n")
+    return page
+
+
+def _local_sections(run: Run, plots: Path) -> list[str]:
+    """anypool against its peers: the comparisons, each scenario's table, the scaling."""
+    sizes = run.sizes
+    lines = [
         "## anypool against the best peer",
         "",
         "| scenario | event loop | anypool | best peer | ratio | goal |",
@@ -285,9 +357,73 @@ def write(run: Run, output: Path) -> Path:
         if _plot_scenario(run, scenario, plots / f"{scenario.key}.png"):
             lines += [f"![{scenario.title}](benchmarks/{scenario.key}.png)", ""]
     lines += _scaling_section(run, plots / "scaling.png")
-    page = output / "benchmarks.md"
-    page.write_text("\n".join(lines).rstrip() + "\n")
-    return page
+    return lines
+
+
+RAY_HEADING = "## Ray backend: anypool on Ray against Ray's own API"
+
+
+def _ray_section(run: Run) -> list[str]:
+    if not run.ray:
+        return []
+    sizes = run.sizes
+    lines = [
+        RAY_HEADING,
+        "",
+        "The same work through anypool's `RayBackend`"
+        f" (`anypool.Pool(max_workers={run.workers}, backend=RayBackend())`) and through Ray's own"
+        " API: a `@ray.remote(max_retries=0)` function per task function, its ref awaited"
+        " (`await f.remote()`); a cancelled call killed with `ray.cancel(ref, force=True)` and"
+        " its ref awaited until it raises (anypool's cancel scope does the same and waits for"
+        ' Ray\'s confirmation too); a `num_returns="streaming"` generator read with'
+        " `async for ref in gen: await ref`, against `pool.stream(fn, n)` with its default"
+        " buffer. Each contender ran in a fresh interpreter, and each of its runs started a"
+        f" local Ray of its own (`ray.init(num_cpus={run.workers}, include_dashboard=False,"
+        " log_to_driver=False)`), warmed it up before timing, and shut it down: neither"
+        " measured with the other's warm workers. Ray's refs can be awaited on asyncio only:"
+        " anypool's trio figures are compared with Ray's own API on asyncio.",
+        "",
+        f"- Date: {_today()}{' (quick mode: sizes too small to mean much)' if run.quick else ''};"
+        f" Ray {on_ray.by_name(on_ray.NATIVE).version()}, a local Ray of {run.workers} CPUs;"
+        f" medians of {sizes.repeat} runs.",
+        f"- Sizes: {sizes.round_trips} sequential calls for the round trip;"
+        f" {sizes.ray_cancels} cancel-then-next-call cycles (a sleeping call cancelled once it"
+        " runs, every worker up at the start of each: the mean per cycle);"
+        f" {sizes.ray_stream_items:,} streamed ints.",
+        "- Goals: anypool's per-task overhead within 1.2x of Ray's own API (the round trip's"
+        " median, the cancel-then-next-call cycle); its stream at least as fast as Ray's own.",
+        "",
+        "| scenario | event loop | anypool on Ray | Ray's own API | ratio | goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c.scenario.title}: {c.metric.label} | {c.backend} | "
+        f"{_number(c.value, c.metric.unit)} | "
+        f"{_number(c.best_value, c.metric.unit)}"
+        f"{c.best_peer.removeprefix(on_ray.NATIVE) if c.best_peer else ''} | "
+        f"{c.ratio_text} | {_verdict(c)} |"
+        for c in ray_comparisons(run)
+    ]
+    errors = [
+        f"- error: {name}, {key} ({backend}): {entry['error']}"
+        for name, measured in run.ray.items()
+        for key, backends in measured.items()
+        for backend, entry in backends.items()
+        if "error" in entry
+    ]
+    return [*lines, "", *errors, *([""] if errors else [])]
+
+
+def _replace_section(text: str, heading: str, section: list[str]) -> str:
+    """``text`` with the section under ``heading`` (up to the next heading of its level)
+    replaced by ``section``, or with ``section`` added at its end."""
+    lines = text.rstrip().splitlines()
+    level = heading.split()[0] + " "
+    if heading not in lines:
+        return "\n".join([*lines, "", *section])
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(level)), len(lines))
+    return "\n".join([*lines[:start], *section, *lines[end:]])
 
 
 def _scaling_section(run: Run, plot: Path) -> list[str]:

@@ -38,6 +38,11 @@ class Sizes:
     cold_repeat: int
     hold_seconds: float
     """How long each warm-up call holds its worker, so that the calls reach every worker."""
+    ray_stream_items: int
+    """Items streamed in the Ray section: Ray's own streaming generator, an object per item,
+    takes about a second for 5 000 of them."""
+    ray_cancels: int
+    """Cancel-then-next-call cycles per measurement in the Ray section (the median counts)."""
 
 
 FULL = Sizes(
@@ -53,6 +58,8 @@ FULL = Sizes(
     busy_seconds=2.0,
     cold_repeat=5,
     hold_seconds=0.2,
+    ray_stream_items=20_000,
+    ray_cancels=20,
 )
 QUICK = Sizes(
     repeat=1,
@@ -67,6 +74,8 @@ QUICK = Sizes(
     busy_seconds=0.5,
     cold_repeat=1,
     hold_seconds=0.05,
+    ray_stream_items=1_000,
+    ray_cancels=3,
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -69,6 +70,20 @@ def count_up() -> Iterator[int]:
     while True:
         yield number
         number += 1
+
+
+def count_to(items: int) -> Iterator[int]:
+    """A finite stream: ``0 .. items - 1``, ended by the generator itself."""
+    # Not ``yield from range(items)``: Ray's streaming generator calls send(), which a range
+    # iterator lacks.
+    for number in range(items):  # noqa: UP028
+        yield number
+
+
+def mark_then_sleep(path: str, seconds: float) -> None:
+    """Create ``path`` (the call runs now), then sleep: a long call that a kill ends sooner."""
+    Path(path).touch()
+    time.sleep(seconds)
 
 
 def calibrate_spin(seconds: float) -> int:

@@ -3,11 +3,13 @@ speed is judged by the full benchmark's ratios (``make bench``), never by a unit
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import contenders, scenarios
+import pytest
+from benchmarks import contenders, on_ray, report, scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +44,36 @@ def test_quick_benchmark_measures_every_scenario_and_writes_the_report(tmp_path:
     assert "error:" not in page, page
     assert (tmp_path / "benchmarks" / "scaling.png").stat().st_size > 0
     assert "Floor: a raw pipe round trip takes" in page
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_the_ray_section_compares_anypool_on_ray_with_rays_own_api(tmp_path: Path) -> None:
+    # Its own local Ray, in the benchmark's processes (not the session's): each contender's
+    # process checks that none of that Ray's processes outlives ray.shutdown().
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "ray", "--output", str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert report.RAY_HEADING in page
+    assert "error:" not in page, page
+    # No other section: --quick leaves the peers out once --only names the Ray section.
+    assert "## anypool against the best peer" not in page
+    number = r"[\d,]+(\.\d+)? (ms|items/s)"
+    for scenario in on_ray.SCENARIOS:
+        for metric in scenario.metrics:
+            for backend in ("asyncio", "trio"):
+                # anypool ran on both event loops; Ray's own API on asyncio, which its trio row
+                # is compared with.
+                native = " (asyncio)" if backend == "trio" else ""
+                row = rf"\| {re.escape(scenario.title)}: {re.escape(metric.label)} \| {backend} \| "
+                row += rf"{number} \| {number}{re.escape(native)} \| \d+\.\d\dx \|"
+                assert re.search(row, page), (row, page)
+                assert re.search(rf"^{scenario.key}: .* {backend} ", process.stdout, re.MULTILINE)

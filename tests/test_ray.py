@@ -168,8 +168,7 @@ async def test_leaving_a_stream_early_kills_its_generators_process(tmp_path: Pat
     outcome = tmp_path / "outcome"
     async with ray_pool() as pool:
         async with pool.stream(workers.yield_pid_forever, outcome) as items:
-            async for pid in items:
-                break
+            pid = await anext(aiter(items))
         # Killed, as a cancelled call is: Ray's interrupt could not reach a generator Ray holds
         # back, so its finally did not run.
         assert await wait_until_async(lambda: dead(pid), timeout=10.0)
