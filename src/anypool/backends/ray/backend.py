@@ -33,14 +33,12 @@ from .._base import (
 from ..local import wire
 from ..local.lanes import pack_chunk
 from ..local.replies import deliver
-from .remote import for_ray, run_call, run_stream
+from .remote import for_ray, largest_batch, run_call, run_stream
 
 __all__ = ["RayBackend"]
 
 _CANCEL_CONFIRMATION = 10.0
 """The longest a cancelled call waits for Ray to confirm that its task was killed."""
-_STREAM_BATCH = 256
-"""The most items of a stream in one Ray object."""
 
 
 class RayBackend(Backend):
@@ -141,10 +139,7 @@ class RayBackend(Backend):
             payload = dumps_call_arguments(
                 (fn, call.args, call.kwargs, call.event_loop, buffer), fn, call.args, call.kwargs
             )
-        # Items go in batches of at most a third of the buffer, and Ray holds back a generator
-        # with one batch unread: ahead of the consumer are at most that batch, the one being
-        # filled, and what is left of the batch the consumer is taking: ``buffer`` items.
-        batch = max(1, min(_STREAM_BATCH, buffer // 3))
+        batch = largest_batch(buffer)
         self._pending.add()
         # The stream holds its place among the max_workers until it ends, in whichever task.
         place = object()

@@ -7,12 +7,14 @@ anyio, and import Ray nowhere.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import queue
 import sys
-import time
+import threading
 import types
+from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any, Final
 
@@ -31,9 +33,10 @@ __all__ = ["ITEMS", "for_ray", "run_call", "run_stream"]
 
 ITEMS: Final = 100
 """The kind of a batch of a stream's items: ``(ITEMS, pickled list)``."""
-_BATCH_SECONDS: Final = 0.005
-"""A batch of a stream's items is sent once it is this old, full or not: a slow generator's
-items are not held back."""
+_STREAM_BATCH: Final = 256
+"""The most items of a stream in one Ray object."""
+_CLOSE_SECONDS: Final = 1.0
+"""How long a stream that ends early waits for its generator to take ``GeneratorExit``."""
 
 
 def for_ray(payload: Payload) -> Any:
@@ -76,29 +79,126 @@ def run_stream(payload: Payload, sys_path: Sequence[str], batch: int) -> Iterato
         if isinstance(generator, types.AsyncGeneratorType)
         else generator
     )
-    pending: list[Any] = []
-    began = time.monotonic()
+    producer = _Producer(items, room=batch)
     try:
         while True:
-            try:
-                item = next(items)
-            except StopIteration:
-                break
-            except BaseException as error:
-                if (yield from _batches(pending, generator)):
-                    yield wire.ERROR, report_error(error)
+            taken, end = producer.take(batch)
+            if not (yield from _batches(taken, generator)):
                 return
-            pending.append(item)
-            if len(pending) >= batch or time.monotonic() - began >= _BATCH_SECONDS:
-                if not (yield from _batches(pending, generator)):
-                    return
-                pending, began = [], time.monotonic()
-        yield from _batches(pending, generator)
+            if end is not None:
+                if end.error is not None:
+                    yield wire.ERROR, report_error(end.error)
+                return
     finally:
-        # Ended early (an item could not be pickled): GeneratorExit. (A caller that leaves
-        # kills the task instead.)
-        with contextlib.suppress(Exception):
-            items.close()
+        # Ended early (an item could not be pickled): the generator gets GeneratorExit. (A
+        # caller that leaves kills the task instead.)
+        producer.stop()
+
+
+def largest_batch(buffer: int) -> int:
+    """The largest batch that keeps a stream's generator at most ``buffer`` items ahead of
+    its consumer. Ahead are at most: what is left of the batch the consumer is taking, the
+    unread one (Ray holds the generator back while one is unread), the one held back, the
+    hand-over's room of a batch, and the item the generator waits to hand over."""
+    return max(1, min(_STREAM_BATCH, (buffer - 1) // 4))
+
+
+@dataclasses.dataclass
+class _End:
+    error: BaseException | None
+    """What the generator raised; ``None`` if it returned."""
+
+
+class _Producer:
+    """Runs a generator in a thread of its own, handing its items over through a deque of
+    ``room`` places (the generator is held back while they are full).
+
+    So that an item goes out once it is yielded: were the generator run where the batches are
+    sent, an item would wait there until the generator yielded the next one, however long the
+    generator takes (or blocks) before it. The hand-over costs no lock per item: each side
+    takes the condition only to sleep, or to wake the other where it sleeps. (Appending,
+    popping and reading a flag are atomic under the GIL; each side sets its flag and looks
+    again under the lock before it sleeps, the other looks at the flag after it has changed
+    the deque: neither misses the other's change.)
+    """
+
+    def __init__(self, items: Generator[Any, None, None], *, room: int) -> None:
+        self._items = items
+        self._room = room
+        self._handed: deque[Any] = deque()
+        self._condition = threading.Condition()
+        self._taker_sleeps = False
+        self._producer_sleeps = False
+        self._leaving = False
+        self._thread = threading.Thread(
+            target=self._produce, name="anypool-stream-generator", daemon=True
+        )
+        self._thread.start()
+
+    def take(self, most: int) -> tuple[list[Any], _End | None]:
+        """The items handed over, at most ``most``, once there is one; and the generator's end,
+        if it came. What a fast generator yields while a batch is sent makes the next batch; a
+        slow one's items go one by one, none held back for the next."""
+        handed = self._handed
+        while not handed:
+            self._wake_producer()
+            with self._condition:
+                self._taker_sleeps = True
+                if not handed:
+                    self._condition.wait()
+                self._taker_sleeps = False
+        taken: list[Any] = []
+        end = None
+        while handed and len(taken) < most:
+            item = handed.popleft()
+            if type(item) is _End:
+                end = item
+                break
+            taken.append(item)
+        self._wake_producer()
+        return taken, end
+
+    def stop(self) -> None:
+        """Let the generator end, closed (``GeneratorExit``) if it had not, within
+        :data:`_CLOSE_SECONDS` (a generator that will not end is left to the process's end)."""
+        self._leaving = True
+        with self._condition:
+            self._condition.notify_all()
+        self._thread.join(_CLOSE_SECONDS)
+
+    def _produce(self) -> None:
+        handed = self._handed
+        end = _End(None)
+        try:
+            for item in self._items:
+                handed.append(item)
+                self._wake_taker()
+                if len(handed) >= self._room:
+                    with self._condition:
+                        self._producer_sleeps = True
+                        while len(handed) >= self._room and not self._leaving:
+                            self._condition.wait()
+                        self._producer_sleeps = False
+                if self._leaving:
+                    break
+        except BaseException as error:
+            end = _End(error)
+        finally:
+            if self._leaving:
+                with contextlib.suppress(BaseException):
+                    self._items.close()
+        handed.append(end)
+        self._wake_taker()
+
+    def _wake_taker(self) -> None:
+        if self._taker_sleeps:
+            with self._condition:
+                self._condition.notify_all()
+
+    def _wake_producer(self) -> None:
+        if self._producer_sleeps:
+            with self._condition:
+                self._condition.notify_all()
 
 
 def _batches(items: list[Any], generator: Any) -> Generator[tuple[int, Any], None, bool]:
