@@ -110,7 +110,7 @@ class Pool:
                     f"apply to the {backend.name} backend given (it takes its own options)"
                 )
             if max_workers is not None:
-                backend.set_max_workers(check_count("max_workers", max_workers))
+                backend.set_max_workers(check_count("max_workers", max_workers, optional=True))
         self._backend: Backend = backend
         self._options = CallOptions()
 
