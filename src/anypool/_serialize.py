@@ -14,7 +14,7 @@ import pickle
 import sys
 import types
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Final, NamedTuple, overload
 
 import cloudpickle
@@ -154,7 +154,7 @@ class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
 
 # Values that hold no function or class: the plain C pickler is right for them, and a pickler
 # object of our own would cost more than pickling a number does.
-_PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
 @overload
@@ -174,7 +174,7 @@ def dumps(obj: object, *, out_of_band: bool = False) -> Payload:
     if out_of_band:
         # A result or an item, or a tuple of them.
         obj = _large_bytes_out_of_band(obj)
-    if type(obj) in _PLAIN_TYPES:
+    if type(obj) in PLAIN_TYPES:
         return pickle.dumps(obj, PROTOCOL)
     buffers: list[memoryview] = []
     take = functools.partial(_take_large, buffers) if out_of_band else None
@@ -202,6 +202,73 @@ class _LargeBytes:
 
     def __reduce_ex__(self, protocol: Any) -> tuple[type[bytes], tuple[pickle.PickleBuffer]]:
         return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def dumps_each(items: Sequence[Any]) -> tuple[Payload, int]:
+    """Pickle ``items`` one after another into one payload, each a pickle of its own (as
+    :func:`dumps` would, large buffers out of band), so that the items before one that cannot
+    be unpickled still can be (:func:`loads_each`).
+
+    Stops before the first item that cannot be pickled: returns the payload of those before it
+    and how many they are.
+    """
+    buffers: list[memoryview] = []
+    take = functools.partial(_take_large, buffers)
+    file = io.BytesIO()
+    fast = _ByReferencePickler(file, PROTOCOL, buffer_callback=take)
+    for count, item in enumerate(items):
+        item = _large_bytes_out_of_band(item)
+        start, kept = file.tell(), len(buffers)
+        try:
+            fast.dump(item)
+            # Each pickle stands alone: none refers to what an earlier one memoized.
+            fast.clear_memo()
+            continue
+        except Exception:
+            pass
+        # Something only cloudpickle handles, or that nothing can pickle (as in dumps). A
+        # pickler that failed halfway is not trusted again.
+        file.seek(start)
+        file.truncate()
+        del buffers[kept:]
+        fast = _ByReferencePickler(file, PROTOCOL, buffer_callback=take)
+        # BaseException: a __reduce__ may raise anything.
+        try:
+            _ByValuePickler(file, PROTOCOL, buffer_callback=take).dump(item)
+        except BaseException:
+            file.seek(start)
+            file.truncate()
+            del buffers[kept:]
+            return _payload(file.getvalue(), buffers), count
+    return _payload(file.getvalue(), buffers), len(items)
+
+
+def loads_each(payload: Payload, what: str) -> Iterator[Any]:
+    """The items :func:`dumps_each` pickled, one by one (``what`` they are, for the error).
+
+    Raises:
+        SerializationError: at the first item that cannot be unpickled, after those before it
+            (as :func:`load_value`).
+    """
+    if isinstance(payload, OutOfBand):
+        data, buffers = payload.data, payload.buffers
+    else:
+        data, buffers = payload, []
+    file = io.BytesIO(data)
+    taken = iter(buffers)
+    while file.tell() < len(data):
+        try:
+            # An unpickler each, sharing the buffers: each pickle memoizes from 0.
+            item = pickle.Unpickler(file, buffers=taken).load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:
+            raise SerializationError(f"could not unpickle {what}: {error!r}") from error
+        yield item
+
+
+def _payload(data: bytes, buffers: list[memoryview]) -> Payload:
+    return OutOfBand(data, buffers) if buffers else data
 
 
 def _large_bytes_out_of_band(obj: Any, depth: int = 1) -> Any:
@@ -264,7 +331,7 @@ def dumps_call_arguments(
         if large_bytes and bytes in kinds:
             # The arguments are two levels down in the message.
             message = _large_bytes_out_of_band(message, depth=2)
-        elif kinds <= _PLAIN_TYPES and type(fn) is types.FunctionType and fn in _found_by_reference:
+        elif kinds <= PLAIN_TYPES and type(fn) is types.FunctionType and fn in _found_by_reference:
             # The common call: a module's function of plain values (what else the message
             # holds is plain too, or anypool's own). The C pickler does as ours would, without
             # a pickler object of our own and its hook for each object: a third of the time.

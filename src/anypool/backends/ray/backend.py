@@ -16,7 +16,14 @@ import anyio.to_thread
 
 from ..._errors import BrokenWorkerError, PoolClosedError, SerializationError
 from ..._eventloop import ThreadsafeEvent, current_loop
-from ..._serialize import Payload, describe, dumps_call_arguments, load_error, load_result
+from ..._serialize import (
+    Payload,
+    describe,
+    dumps_call_arguments,
+    load_error,
+    load_result,
+    loads_each,
+)
 from ..._stats import CallCounters, Ending, PoolStats
 from .._base import (
     Backend,
@@ -33,7 +40,7 @@ from .._base import (
 from ..local import wire
 from ..local.lanes import pack_chunk
 from ..local.replies import deliver
-from .remote import for_ray, largest_batch, run_call, run_stream
+from .remote import ITEMS, for_ray, largest_batch, run_call, run_stream
 
 __all__ = ["RayBackend"]
 
@@ -232,8 +239,11 @@ class RayBackend(Backend):
         finally:
             self._pending.finished()
 
-    async def _outcome(self, ref: Any, fn: Callable[..., Any]) -> tuple[int, Any]:
-        """Wait for the task: no thread, no polling; Ray's done-callback wakes this loop."""
+    async def _outcome(
+        self, ref: Any, fn: Callable[..., Any], what: str = "the call to"
+    ) -> tuple[int, Any]:
+        """Wait for the task: no thread, no polling; Ray's done-callback wakes this loop. Its
+        failures name ``what`` ran: ``the call to`` ``fn``, ``the stream of`` it."""
         future = ref.future()
         event = current_loop().threadsafe_event()
         future.add_done_callback(lambda _: event.set_from_any_thread())
@@ -242,13 +252,11 @@ class RayBackend(Backend):
         try:
             outcome: tuple[int, Any] = future.result()
         except exceptions.TaskCancelledError:
-            raise PoolClosedError(
-                f"the pool was terminated during the call to {describe(fn)}"
-            ) from None
+            raise PoolClosedError(f"the pool was terminated during {what} {describe(fn)}") from None
         except exceptions.RayError as error:
             # The task's process died (os._exit, a signal, the node lost): the call's own
             # errors come back as ERROR outcomes, never as a RayError.
-            broken = BrokenWorkerError(None, None, f"the call to {describe(fn)}")
+            broken = BrokenWorkerError(None, None, f"{what} {describe(fn)}")
             broken.__cause__ = error
             raise broken from error
         return outcome
@@ -274,10 +282,19 @@ class RayBackend(Backend):
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_CONFIRMATION):
             await _when_done(ref).wait()
 
-    def _cancel(self, ref: Any) -> None:
-        # (A task that just finished cannot be cancelled: nothing to do.)
+    def _cancel(self, task: Any, end: Any = None) -> None:
+        """Kill ``task`` (a call's ref, a stream's generator) and the process running it,
+        unless its end (``end``: the call's ref, the generator's ``completed()``) is back.
+
+        A forced cancel kills the process even when the task has ended, and with it the next
+        task Ray gave that process meanwhile; one that races with the task's end can crash
+        this process (Ray 2.60: "Tried to complete task that was not pending",
+        docs/distributed.md). Skipping the tasks known to have ended narrows both races.
+        """
+        if (task if end is None else end).future().done():
+            return
         with contextlib.suppress(Exception):
-            self._ray.cancel(ref, force=True)
+            self._ray.cancel(task, force=True)
 
     # --- admission and lifecycle -----------------------------------------------------------
 
@@ -336,10 +353,15 @@ class _RayStream(StreamSession):
         self._generator = generator
         self._place = place
         self._items: deque[Any] = deque()
+        self._unloadable: SerializationError | None = None
         self._over = False
 
     async def next(self) -> Any:
         while not self._items:
+            if self._unloadable is not None:
+                # The items before it are taken: now the one that could not be unpickled.
+                await self._close("failed")
+                raise self._unloadable
             if self._over:
                 raise StopAsyncIteration
             try:
@@ -357,11 +379,14 @@ class _RayStream(StreamSession):
             if kind == wire.ERROR:
                 self._end("failed")
                 raise load_error(data)
+            if kind == ITEMS:
+                self._items.extend(load_result(data, self._fn))  # (plain values: it cannot fail)
+                continue
             try:
-                self._items.extend(load_result(data, self._fn))
-            except SerializationError:
-                await self._close("failed")
-                raise
+                for item in loads_each(data, f"the result of {describe(self._fn)}"):
+                    self._items.append(item)
+            except SerializationError as error:
+                self._unloadable = error
         return self._items.popleft()
 
     async def aclose(self) -> None:
@@ -378,9 +403,10 @@ class _RayStream(StreamSession):
             return
         self._items.clear()
         with anyio.CancelScope(shield=True):
-            self._backend._cancel(self._generator)
+            completed = self._generator.completed()
+            self._backend._cancel(self._generator, completed)
             with anyio.move_on_after(_CANCEL_CONFIRMATION):
-                await _when_done(self._generator.completed()).wait()
+                await _when_done(completed).wait()
         self._end(how)
 
     async def _next_batch(self) -> tuple[int, Any]:
@@ -395,7 +421,7 @@ class _RayStream(StreamSession):
             ref = next(generator)  # ready now: it does not block
         except StopIteration:
             raise StopAsyncIteration from None
-        outcome: tuple[int, Any] = await self._backend._outcome(ref, self._fn)
+        outcome: tuple[int, Any] = await self._backend._outcome(ref, self._fn, "the stream of")
         return outcome
 
     def _end(self, how: Ending) -> None:

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any, Final
 
-from ..._serialize import OutOfBand, Payload, dumps
+from ..._serialize import PLAIN_TYPES, OutOfBand, Payload, dumps, dumps_each
 from ..local import wire
 from ..local.child.worker import (
     CallNotLoaded,
@@ -29,10 +29,12 @@ from ..local.child.worker import (
     start_generator,
 )
 
-__all__ = ["ITEMS", "for_ray", "run_call", "run_stream"]
+__all__ = ["EACH", "ITEMS", "for_ray", "largest_batch", "run_call", "run_stream"]
 
 ITEMS: Final = 100
-"""The kind of a batch of a stream's items: ``(ITEMS, pickled list)``."""
+"""The kind of a batch of a stream's plain items: ``(ITEMS, pickled list)``."""
+EACH: Final = 101
+"""The kind of a batch of a stream's other items: ``(EACH, a pickle each)`` (``dumps_each``)."""
 _STREAM_BATCH: Final = 256
 """The most items of a stream in one Ray object."""
 _CLOSE_SECONDS: Final = 1.0
@@ -202,24 +204,26 @@ class _Producer:
 
 
 def _batches(items: list[Any], generator: Any) -> Generator[tuple[int, Any], None, bool]:
-    """``items`` as one ITEMS batch; or, if one of them cannot be pickled, the batch of those
-    before it, then the ERROR that names it. Returns whether the stream may go on."""
+    """``items`` as one batch: ``(ITEMS, a list's pickle)`` where they are all plain values,
+    which unpickle anywhere; else ``(EACH, a pickle each)``, so that the items before one that
+    cannot be unpickled in the caller still reach it (``loads_each``). If one of them cannot be
+    pickled, the batch of those before it, then the ERROR that names it. Returns whether the
+    stream may go on."""
     if not items:
         return True
-    try:
-        batch = dumps(items, out_of_band=True)
-    # BaseException: a __reduce__ may raise anything, and must not end the task.
-    except BaseException:
-        for position, item in enumerate(items):
-            kind, data = pickle_item(item, generator)
-            if kind == wire.ERROR:
-                if position:
-                    yield ITEMS, for_ray(dumps(items[:position], out_of_band=True))
-                yield wire.ERROR, data
-                return False
-        raise
-    yield ITEMS, for_ray(batch)
-    return True
+    if PLAIN_TYPES.issuperset(map(type, items)):
+        yield ITEMS, for_ray(dumps(items, out_of_band=True))
+        return True
+    payload, count = dumps_each(items)
+    if count:
+        yield EACH, for_ray(payload)
+    if count == len(items):
+        return True
+    kind, data = pickle_item(items[count], generator)
+    if kind != wire.ERROR:
+        raise AssertionError("an item that could not be pickled was pickled the second time")
+    yield wire.ERROR, data
+    return False
 
 
 def _async_items(generator: Any, event_loop: str) -> Generator[Any, None, None]:
