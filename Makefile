@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 test: venv
 	$(BIN)/python -m pytest
 
-# The Ray backend's tests, against a real local Ray started once for the session (seconds to
-# start, a gigabyte of memory): in a pytest process of their own.
+# The contract tests on the Ray backend and its own tests, against a real local Ray started once
+# for the session (seconds to start, a gigabyte of memory): in a pytest process of their own.
 test-ray: venv
 	$(BIN)/python -m pytest -m ray
 

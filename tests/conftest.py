@@ -42,16 +42,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> object:
     return request.param
 
 
-@pytest.fixture(
-    params=[
-        name if name == "local" else pytest.param(name, marks=getattr(pytest.mark, name))
-        for name in POOL_BACKENDS
-    ]
-)
+@pytest.fixture
 def contract_backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Contract tests (modules marked ``usefixtures("contract_backend")``) run on every backend
-    of ``support.POOL_BACKENDS``: their pools come from ``support.contract_pool``. An engine's
-    runs carry its marker (``ray``), and run beside its session (``make test-ray``)."""
+    """Contract tests (modules marked ``usefixtures("contract_backend")``) run on the backends
+    of ``support.POOL_BACKENDS`` (see :func:`pytest_generate_tests`): their pools come from
+    ``support.contract_pool``."""
     use_contract_backend(request.param)
     try:
         yield request.param
@@ -59,17 +54,28 @@ def contract_backend(request: pytest.FixtureRequest) -> Iterator[str]:
         use_contract_backend("local")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every test marked ray runs beside the session's Ray, started before the test's leak
-    # check takes its baseline (session fixtures are set up first).
-    for item in items:
-        fixtures = getattr(item, "fixturenames", None)
-        if (
-            item.get_closest_marker("ray")
-            and fixtures is not None
-            and "ray_session" not in fixtures
-        ):
-            fixtures.insert(0, "ray_session")
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A contract test runs on each backend its ``backends`` marker admits (all, without one)
+    # that can do what its ``needs`` marker names. An engine's runs carry its marker (``ray``),
+    # so they run beside its session (``make test-ray``), not in the default run.
+    if "contract_backend" not in metafunc.fixturenames:
+        return
+    only = metafunc.definition.get_closest_marker("backends")
+    needs = metafunc.definition.get_closest_marker("needs")
+    names = [
+        name
+        for name, backend in POOL_BACKENDS.items()
+        if (only is None or name in only.args)
+        and (needs is None or backend.unsupported.isdisjoint(needs.args))
+    ]
+    metafunc.parametrize(
+        "contract_backend",
+        [
+            name if name == "local" else pytest.param(name, marks=getattr(pytest.mark, name))
+            for name in names
+        ],
+        indirect=True,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +149,10 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     Under a test marked ``ray``, sockets are Ray's: its driver connects to the workers it starts
     and keeps those connections as it likes (the session's end checks Ray's processes)."""
     rays_sockets = request.node.get_closest_marker("ray") is not None
+    if rays_sockets:
+        # Every test marked ray runs beside the session's Ray: started (once) before this
+        # takes its baseline.
+        request.getfixturevalue("ray_session")
     processes_before = set(descendants())
     fds_before = open_fds()
     shm_before = shm_entries()

@@ -9,10 +9,14 @@ failure left it alive.
 
 The bad values come from ``workers.misbehave``; a map mixes good items (ints) with one bad item
 (a string that ``workers.value_or_misbehave`` hands to ``misbehave``).
+
+"The same worker" is the local pool's promise (``owns_workers``): Ray's worker processes are
+Ray's, which of them runs the next call is Ray's choice; there the pool must serve the next call.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 
@@ -20,7 +24,8 @@ import pytest
 
 import anypool
 import workers
-from support import contract_pool
+from anypool.backends import Feature
+from support import assert_pool_serves, contract, contract_pool
 
 pytestmark = [
     pytest.mark.usefixtures("contract_backend"),
@@ -42,13 +47,6 @@ BOTTOMLESS_TYPE = "workers.BottomlessPickle"
 
 async def worker_pid(pool: anypool.Pool) -> int:
     return await pool.run(workers.current_pid)
-
-
-async def assert_pool_serves(pool: anypool.Pool, pid: int | None = None) -> None:
-    """The pool returns the right result for a plain call, on worker ``pid`` if given."""
-    assert await pool.run(workers.square, 7) == 49
-    if pid is not None:
-        assert await worker_pid(pool) == pid, "the worker was replaced"
 
 
 async def run_error(pool: anypool.Pool, fn: Callable[..., object], *args: object) -> Exception:
@@ -508,7 +506,11 @@ async def test_run_argument_that_fails_to_unpickle_in_the_worker_is_named(
             )
         message = str(info.value)
         assert message.startswith(f"could not unpickle {named} of a call to combine_anything ")
-        assert f"in worker process {pid}" in message
+        if contract().owns_workers:
+            assert f"in worker process {pid}" in message
+        else:
+            # The process that ran the call: one of Ray's, not necessarily the first call's.
+            assert re.search(r"in worker process \d+", message), message
         cause = info.value.__cause__
         # A SystemExit arrives as a RemoteError, as it would from the function itself.
         if cause_type == "SystemExit":
@@ -543,6 +545,7 @@ async def test_stream_argument_that_fails_to_unpickle_in_the_worker_is_named() -
         await assert_pool_serves(pool, pid)
 
 
+@pytest.mark.needs(Feature.CHANNEL)
 async def test_channel_argument_that_fails_to_unpickle_in_the_worker_is_named() -> None:
     async with contract_pool(1) as pool:
         pid = await worker_pid(pool)

@@ -16,7 +16,17 @@ import pytest
 
 import anypool
 import workers
-from support import Victim, bystander_call, contract_pool, gone, pool_processes, read_pid
+from support import (
+    Victim,
+    assert_pool_serves,
+    bystander_call,
+    contract,
+    contract_pool,
+    gone,
+    killed,
+    pool_processes,
+    read_pid,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("contract_backend")]
 
@@ -41,7 +51,7 @@ async def test_fail_after_kills_the_worker_running_the_call(tmp_path) -> None:
         async with bystander_call(pool, tmp_path):
             with pytest.raises(TimeoutError):
                 await run_under_fail_after(victim)
-        victim.assert_killed_before_cancellation_propagated()
+        await victim.assert_killed()
         assert await pool.run(workers.square, 3) == 9
 
 
@@ -54,7 +64,7 @@ async def test_move_on_after_kills_the_worker_running_the_call(tmp_path) -> None
                     group.start_soon(expire_when_started, victim, scope)
                     await victim.run()
             assert scope.cancelled_caught
-        victim.assert_killed_before_cancellation_propagated()
+        await victim.assert_killed()
         assert await pool.run(workers.square, 3) == 9
 
 
@@ -65,7 +75,7 @@ async def test_cancelled_task_group_kills_the_worker_running_the_call(tmp_path) 
             group.start_soon(victim.run)
             await victim.started()
             group.cancel_scope.cancel()
-        victim.assert_killed_before_cancellation_propagated()
+        await victim.assert_killed()
         assert await pool.run(workers.square, 3) == 9
 
 
@@ -77,9 +87,10 @@ async def test_cancel_kills_only_the_worker_running_the_call(tmp_path) -> None:
                 group.start_soon(victim.run)
                 await victim.started()
                 group.cancel_scope.cancel()
-            assert gone(victim.pid)
+            assert await killed(victim.pid)
             assert not gone(bystander_pid)
-            assert pool_processes() == {bystander_pid}
+            if contract().owns_workers:
+                assert pool_processes() == {bystander_pid}
 
 
 async def test_next_call_after_a_cancellation_runs_on_a_new_worker(tmp_path) -> None:
@@ -91,7 +102,8 @@ async def test_next_call_after_a_cancellation_runs_on_a_new_worker(tmp_path) -> 
             group.cancel_scope.cancel()
         pid = await pool.run(workers.current_pid)
         assert pid != victim.pid
-        assert await pool.run(workers.current_pid) == pid
+        if contract().owns_workers:
+            assert await pool.run(workers.current_pid) == pid
 
 
 async def test_call_in_an_already_cancelled_scope_raises_and_starts_no_worker() -> None:
@@ -145,6 +157,7 @@ async def test_cancel_while_waiting_for_a_worker_does_not_disturb_the_running_ca
 
 
 @pytest.mark.timing
+@pytest.mark.backends("local")  # kill_grace, SIGTERM then SIGKILL
 async def test_worker_ignoring_sigterm_is_killed_after_kill_grace(tmp_path) -> None:
     kill_grace = 0.5
     marker = tmp_path / "got-sigterm"
@@ -162,7 +175,9 @@ async def test_worker_ignoring_sigterm_is_killed_after_kill_grace(tmp_path) -> N
 
 
 async def test_kill_on_cancel_false_returns_promptly_and_keeps_the_worker(tmp_path) -> None:
+    # (Ray's workers are Ray's: there, the call runs to its end and the pool serves again.)
     release = tmp_path / "release"
+    owns_workers = contract().owns_workers
     async with contract_pool(1) as pool:
         patient = pool.with_options(kill_on_cancel=False)
         pid = await pool.run(workers.current_pid)
@@ -175,15 +190,16 @@ async def test_kill_on_cancel_false_returns_promptly_and_keeps_the_worker(tmp_pa
                     release,
                     0.2,
                 )
-                assert await read_pid(tmp_path / "pid") == pid
+                abandoned = await read_pid(tmp_path / "pid")
+                assert abandoned == pid or not owns_workers
                 scope.cancel()
         # The call was abandoned while its worker still waits for the release: it cannot have
         # finished yet.
         assert scope.cancelled_caught
-        assert not gone(pid)
+        assert not gone(abandoned)
         release.touch()
         # The worker finishes the abandoned call, its result is dropped, and it serves again.
-        assert await pool.run(workers.current_pid) == pid
+        await assert_pool_serves(pool, pid)
         stats = pool.stats()
         assert (stats.calls_cancelled, stats.workers_replaced) == (1, 0)
 
@@ -215,7 +231,7 @@ async def test_with_options_view_shares_workers_and_lifecycle_with_the_pool() ->
     async with contract_pool(1) as pool:
         patient = pool.with_options(kill_on_cancel=False)
         pid = await pool.run(workers.current_pid)
-        assert await patient.run(workers.current_pid) == pid
+        assert await patient.run(workers.current_pid) == pid or not contract().owns_workers
         assert patient.stats() == pool.stats()
         assert patient.max_workers == pool.max_workers
         pool.close()
@@ -241,9 +257,10 @@ async def test_workers_ignore_sigint(tmp_path) -> None:
             os.kill(pid, signal.SIGINT)
             release.touch()
         assert results == ["finished"]
-        assert await pool.run(workers.current_pid) == pid
+        await assert_pool_serves(pool, pid)
 
 
+@pytest.mark.backends("local")
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
 async def test_cancel_reaps_the_worker_under_every_start_method(
     start_method: str, tmp_path
@@ -254,5 +271,5 @@ async def test_cancel_reaps_the_worker_under_every_start_method(
             group.start_soon(victim.run)
             await victim.started()
             group.cancel_scope.cancel()
-        victim.assert_killed_before_cancellation_propagated()
+        await victim.assert_killed()
         assert await pool.run(workers.square, 3) == 9

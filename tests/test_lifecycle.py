@@ -15,14 +15,17 @@ import pytest
 import anypool
 import workers
 from support import (
+    contract,
     contract_pool,
     dead,
     gone,
+    killed,
     pool_processes,
     read_pid,
     run_script,
     start_script,
     wait_until,
+    where_local,
     write_script,
 )
 
@@ -53,6 +56,7 @@ async def test_entering_a_closed_pool_raises_pool_closed_error(how: str) -> None
     await pool.join()
 
 
+@pytest.mark.backends("local")
 async def test_a_pool_dropped_unclosed_warns_and_its_workers_are_stopped(tmp_path) -> None:
     pools = [contract_pool(2)]
     await pools[0].__aenter__()
@@ -96,9 +100,16 @@ async def test_join_waits_for_running_and_queued_calls_then_stops_the_workers(tm
         await anyio.wait_all_tasks_blocked()
         assert events == []
         release.touch()
-    assert events == [pid, pid, "joined"]
+    if contract().owns_workers:
+        assert events == [pid, pid, "joined"]
+    else:
+        # Both calls, in their order, then the join (the second may run in another process).
+        assert events[0] == pid
+        assert isinstance(events[1], int)
+        assert events[2:] == ["joined"]
     assert pool_processes() == set()
-    assert gone(pid)
+    if contract().owns_workers:
+        assert gone(pid)
 
 
 async def test_join_before_close_raises() -> None:
@@ -119,7 +130,7 @@ async def test_terminate_kills_busy_workers_and_their_calls_raise_pool_closed_er
         except anypool.PoolClosedError as error:
             outcomes.append(error)
 
-    pool = contract_pool(2, kill_grace=0.5)
+    pool = contract_pool(2, **where_local(kill_grace=0.5))
     async with anyio.create_task_group() as group:
         group.start_soon(call, 1)
         group.start_soon(call, 2)
@@ -127,7 +138,7 @@ async def test_terminate_kills_busy_workers_and_their_calls_raise_pool_closed_er
         started = time.monotonic()
         await pool.terminate()
         assert time.monotonic() - started < pool.kill_grace + 2.0
-        assert all(gone(pid) for pid in pids)
+        assert [pid for pid in pids if not await killed(pid)] == []
         assert pool_processes() == set()
     assert len(outcomes) == 2
     assert all(isinstance(error, anypool.PoolClosedError) for error in outcomes)
@@ -157,7 +168,8 @@ async def test_terminate_stops_idle_workers() -> None:
     pool = contract_pool(1)
     pid = await pool.run(workers.current_pid)
     await pool.terminate()
-    assert gone(pid)
+    if contract().owns_workers:
+        assert gone(pid)
     with pytest.raises(anypool.PoolClosedError):
         await pool.run(workers.current_pid)
 
@@ -181,7 +193,8 @@ async def test_leaving_async_with_normally_waits_for_calls_started_in_a_task_gro
             group.start_soon(handle_request)
             pid = await read_pid(tmp_path / "pid")
         assert results == ["finished"]
-        assert gone(pid)
+        if contract().owns_workers:
+            assert gone(pid)
         assert pool_processes() == set()
 
 
@@ -195,7 +208,7 @@ async def test_leaving_async_with_by_an_exception_terminates_the_pool(tmp_path) 
             outcomes.append(error)
 
     async def serve_until_it_fails(group: anyio.abc.TaskGroup) -> None:
-        async with contract_pool(1, kill_grace=0.5) as pool:
+        async with contract_pool(1, **where_local(kill_grace=0.5)) as pool:
             group.start_soon(handle_request, pool)
             await read_pid(tmp_path / "pid")
             raise RuntimeError("boom")
@@ -203,7 +216,7 @@ async def test_leaving_async_with_by_an_exception_terminates_the_pool(tmp_path) 
     async with anyio.create_task_group() as group:
         with pytest.raises(RuntimeError, match="boom"):
             await serve_until_it_fails(group)
-        assert gone(int((tmp_path / "pid").read_text()))
+        assert await killed(int((tmp_path / "pid").read_text()))
         assert pool_processes() == set()
     assert len(outcomes) == 1
 
@@ -219,14 +232,14 @@ async def test_leaving_async_with_by_cancellation_terminates_the_pool(tmp_path) 
 
     async with anyio.create_task_group() as group:
         with anyio.CancelScope() as scope:
-            async with contract_pool(1, kill_grace=0.5) as pool:
+            async with contract_pool(1, **where_local(kill_grace=0.5)) as pool:
                 # The request runs in the outer group: only the pool block is cancelled.
                 group.start_soon(handle_request)
                 pid = await read_pid(tmp_path / "pid")
                 scope.cancel()
                 await anyio.sleep_forever()
         assert scope.cancelled_caught
-        assert gone(pid)
+        assert await killed(pid)
         assert pool_processes() == set()
     assert len(outcomes) == 1
 
@@ -298,6 +311,7 @@ PARENT_DIES_SCRIPT = """
 """
 
 
+@pytest.mark.backends("local")
 @pytest.mark.parametrize("state", ["idle", "busy"])
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
 def test_workers_die_when_the_parent_process_dies(start_method: str, state: str, tmp_path) -> None:
@@ -371,6 +385,7 @@ PARENT_KILLED_SCRIPT = """
 """
 
 
+@pytest.mark.backends("local")
 @pytest.mark.timing
 @pytest.mark.parametrize("stage", ["busy", "start-up"])
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])

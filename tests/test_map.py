@@ -23,7 +23,16 @@ import pytest
 import anypool
 import workers
 from anypool._map import AUTO_CHUNK_LIMIT
-from support import contract_pool, gone, read_pid, stays_true, wait_until_async
+from support import (
+    contract,
+    contract_pool,
+    dead,
+    gone,
+    killed,
+    read_pid,
+    stays_true,
+    wait_until_async,
+)
 
 pytestmark = [
     pytest.mark.usefixtures("contract_backend"),
@@ -277,7 +286,10 @@ async def test_default_max_in_flight_is_three_chunks_per_worker(
 async def test_map_over_an_endless_input_of_large_items_runs_in_bounded_memory(
     chunksize: int | str,
 ) -> None:
-    consumed = 200
+    # On Ray, an argument of over 100 KiB goes through its object store, mapped into this
+    # process: the pages written stay resident, reused for the next objects. More items pass
+    # there, against a bound that still holds well under what went through.
+    consumed, allowance = (200, 100 * MIB) if contract().owns_workers else (600, 250 * MIB)
     taken = 0
 
     def megabyte_items() -> Iterator[bytes]:
@@ -301,7 +313,7 @@ async def test_map_over_an_endless_input_of_large_items_runs_in_bounded_memory(
                 received += 1
                 if received == consumed:
                     break
-    assert peak - baseline < 100 * MIB
+    assert peak - baseline < allowance
 
 
 async def test_max_in_flight_smaller_than_chunksize_still_yields_every_result() -> None:
@@ -339,7 +351,7 @@ async def test_exception_kills_the_workers_running_other_items(tmp_path) -> None
     async with contract_pool(2) as pool:
         with pytest.raises(ValueError, match="bad item"):
             await consume_in_async_with(pool.map(workers.apply, items))
-        assert gone(await sibling.started())
+        assert await killed(await sibling.started())
         assert await pool.run(workers.square, 3) == 9
 
 
@@ -406,8 +418,9 @@ async def test_worker_dying_raises_broken_worker_error_after_the_results_before_
         with pytest.raises(anypool.BrokenWorkerError) as info:
             await collect_into(received, pool.map(workers.apply, items))
         assert received == ["before"]
-        assert info.value.exitcode == 3
-        assert gone(info.value.pid)
+        if contract().reports_exits:
+            assert info.value.exitcode == 3
+            assert gone(info.value.pid)
         assert await collect(pool.map(workers.square, [2, 3])) == [4, 9]
 
 
@@ -425,7 +438,8 @@ async def test_worker_dying_with_return_exceptions_fails_every_item_of_its_chunk
         results = await collect(pool.map(workers.apply, items, chunksize=3, return_exceptions=True))
         assert await pool.run(workers.square, 3) == 9
     assert all(isinstance(error, anypool.BrokenWorkerError) for error in results[:3])
-    assert [error.exitcode for error in results[:3]] == [3, 3, 3]
+    if contract().reports_exits:
+        assert [error.exitcode for error in results[:3]] == [3, 3, 3]
     assert results[3:] == [3, 4, 5]
 
 
@@ -442,8 +456,8 @@ async def test_breaking_out_of_async_with_kills_the_workers_running_items(tmp_pa
             async for _ in results:
                 pids = [await first.started(), await second.started()]
                 break
-        assert gone(pids[0])
-        assert gone(pids[1])
+        assert await killed(pids[0])
+        assert await killed(pids[1])
         assert await collect(pool.map(workers.square, [2, 3])) == [4, 9]
 
 
@@ -468,8 +482,8 @@ async def test_exception_in_the_consumer_propagates_and_kills_the_workers_runnin
     async with contract_pool(3) as pool:
         with pytest.raises(ConsumerError):
             await consume_then_fail()
-        assert gone(pids[0])
-        assert gone(pids[1])
+        assert await killed(pids[0])
+        assert await killed(pids[1])
         assert await collect(pool.map(workers.square, [2, 3])) == [4, 9]
 
 
@@ -502,8 +516,8 @@ async def test_cancelling_the_consumer_while_it_waits_kills_the_workers_running_
                     async for _ in results:
                         raise AssertionError("an item that waits forever returned")
         assert scope.cancelled_caught
-        assert gone(pids[0])
-        assert gone(pids[1])
+        assert await killed(pids[0])
+        assert await killed(pids[1])
         assert await collect(pool.map(workers.square, [2, 3])) == [4, 9]
 
 
@@ -522,8 +536,8 @@ async def test_cancelling_the_consumer_in_its_loop_body_kills_the_workers_runnin
                     scope.cancel()
                     await anyio.sleep_forever()
         assert scope.cancelled_caught
-        assert gone(pids[0])
-        assert gone(pids[1])
+        assert await killed(pids[0])
+        assert await killed(pids[1])
         assert await collect(pool.map(workers.square, [2, 3])) == [4, 9]
 
 
@@ -540,8 +554,8 @@ async def test_aclose_after_leaving_a_bare_async_for_kills_the_workers_running_i
             pids = [await first.started(), await second.started()]
             break
         await results.aclose()
-        assert gone(pids[0])
-        assert gone(pids[1])
+        assert await killed(pids[0])
+        assert await killed(pids[1])
         assert await collect(pool.map(workers.square, [2, 3])) == [4, 9]
 
 
@@ -654,10 +668,15 @@ async def test_map_on_a_view_without_kill_on_cancel_lets_the_worker_finish_when_
                 break
         assert not gone(pid)
         release.touch()
-        # The worker finishes the abandoned item and, the most recently used, serves the next
-        # call.
-        assert await wait_until_async(lambda: pool.stats().workers_busy == 0)
-        assert await pool.run(workers.current_pid) == pid
+        if contract().owns_workers:
+            # The worker finishes the abandoned item and, the most recently used, serves the
+            # next call.
+            assert await wait_until_async(lambda: pool.stats().workers_busy == 0)
+            assert await pool.run(workers.current_pid) == pid
+        else:
+            # The task runs to its end, not killed.
+            assert await wait_until_async(lambda: pool.stats().calls_pending == 0)
+            assert not dead(pid)
 
 
 # --- ranges ----------------------------------------------------------------------------------

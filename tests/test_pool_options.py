@@ -15,22 +15,31 @@ from support import contract_pool, pool_processes
 pytestmark = pytest.mark.usefixtures("contract_backend")
 
 
+@pytest.mark.backends("local")
 def test_properties_reflect_the_options() -> None:
     pool = contract_pool(3, start_method="spawn", kill_grace=2.5)
     assert (pool.max_workers, pool.start_method, pool.kill_grace) == (3, "spawn", 2.5)
 
 
+def test_max_workers_is_the_number_given() -> None:
+    assert contract_pool(3).max_workers == 3
+    assert contract_pool(1).with_options(buffer=8).max_workers == 1
+
+
+@pytest.mark.backends("local")
 def test_default_start_method_is_forkserver_and_default_kill_grace_one_second() -> None:
     pool = contract_pool(1)
     assert pool.start_method == "forkserver"
     assert pool.kill_grace == 1.0
 
 
+@pytest.mark.backends("local")
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
 def test_every_multiprocessing_start_method_is_accepted(start_method: str) -> None:
     assert contract_pool(1, start_method=start_method).start_method == start_method
 
 
+@pytest.mark.backends("local")
 def test_unknown_start_method_raises_value_error_listing_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="threads") as info:
         contract_pool(1, start_method="threads")
@@ -44,11 +53,13 @@ def test_max_workers_below_one_raises_value_error(max_workers: int) -> None:
         contract_pool(max_workers)
 
 
+@pytest.mark.backends("local")
 def test_negative_kill_grace_raises_value_error() -> None:
     with pytest.raises(ValueError, match="kill_grace"):
         contract_pool(1, kill_grace=-0.1)
 
 
+@pytest.mark.backends("local")
 def test_zero_kill_grace_is_accepted() -> None:
     assert contract_pool(1, kill_grace=0).kill_grace == 0
 
@@ -62,6 +73,7 @@ def test_creating_a_pool_starts_no_process() -> None:
 # --- idle_timeout ------------------------------------------------------------------------------
 
 
+@pytest.mark.backends("local")
 @pytest.mark.anyio
 @pytest.mark.parametrize("idle_timeout", [None, math.inf, 1e300], ids=["none", "inf", "huge"])
 async def test_an_idle_timeout_of_none_or_infinity_means_workers_never_retire(
@@ -74,6 +86,7 @@ async def test_an_idle_timeout_of_none_or_infinity_means_workers_never_retire(
         assert pool.stats().workers_replaced == 0
 
 
+@pytest.mark.backends("local")
 @pytest.mark.parametrize("idle_timeout", [0, -1, -math.inf, math.nan])
 def test_an_idle_timeout_not_above_zero_or_nan_raises_value_error(idle_timeout: float) -> None:
     with pytest.raises(ValueError, match=r"^idle_timeout must be a positive number of seconds"):
@@ -82,11 +95,15 @@ def test_an_idle_timeout_not_above_zero_or_nan_raises_value_error(idle_timeout: 
 
 # --- every parameter is checked, with an error naming it -------------------------------------
 
-BAD_POOL_ARGUMENTS = [
+BAD_POOL_ARGUMENTS: list[tuple[dict[str, object], type[Exception], str]] = [
     ({"max_workers": "2"}, TypeError, "max_workers must be an int or None, not '2' (a str)"),
     ({"max_workers": 2.0}, TypeError, "max_workers must be an int or None, not 2.0"),
     ({"max_workers": True}, TypeError, "max_workers must be an int or None, not True (a bool)"),
     ({"max_workers": 0}, ValueError, "max_workers must be at least 1, not 0"),
+]
+"""Arguments of every pool, whatever its backend."""
+
+BAD_LOCAL_OPTIONS: list[tuple[dict[str, object], type[Exception], str]] = [
     ({"start_method": 1}, ValueError, "start_method must be one of"),
     ({"initializer": "setup"}, TypeError, "initializer must be callable, not 'setup' (a str)"),
     ({"initargs": 5}, TypeError, "initargs must be a tuple of arguments, not 5"),
@@ -99,6 +116,7 @@ BAD_POOL_ARGUMENTS = [
     ({"kill_grace": math.inf}, ValueError, "kill_grace must be a finite number of seconds"),
     ({"kill_grace": math.nan}, ValueError, "kill_grace must be a finite number of seconds"),
 ]
+"""Options of the local backend (another backend refuses them all: tests/test_backends.py)."""
 
 
 @pytest.mark.parametrize(
@@ -110,7 +128,22 @@ def test_a_bad_pool_argument_raises_an_error_naming_the_parameter(
     arguments: dict[str, object], error_type: type[Exception], message: str
 ) -> None:
     with pytest.raises(error_type) as info:
-        contract_pool(**arguments)  # type: ignore[arg-type]
+        contract_pool(**arguments)
+    assert type(info.value) is error_type
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.backends("local")
+@pytest.mark.parametrize(
+    ("arguments", "error_type", "message"),
+    BAD_LOCAL_OPTIONS,
+    ids=[f"{next(iter(case[0]))}={next(iter(case[0].values()))!r}" for case in BAD_LOCAL_OPTIONS],
+)
+def test_a_bad_local_option_raises_an_error_naming_it(
+    arguments: dict[str, object], error_type: type[Exception], message: str
+) -> None:
+    with pytest.raises(error_type) as info:
+        contract_pool(**arguments)
     assert type(info.value) is error_type
     assert str(info.value).startswith(message)
 

@@ -22,10 +22,12 @@ import pytest
 
 import anypool
 import workers
+from anypool.backends import Feature
 from support import contract_pool, gone, read_pid, stays_true, wait_until_async
 
 pytestmark = [
     pytest.mark.usefixtures("contract_backend"),
+    pytest.mark.needs(Feature.QUEUE),
     pytest.mark.anyio,
     # A queue that hangs fails in seconds rather than after the suite's default timeout.
     pytest.mark.timeout(30),
