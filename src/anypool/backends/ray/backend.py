@@ -40,7 +40,7 @@ from .._base import (
 from ..local import wire
 from ..local.lanes import pack_chunk
 from ..local.replies import deliver
-from .remote import ITEMS, for_ray, largest_batch, run_call, run_stream
+from .remote import ITEMS, for_ray, largest_batch, on_paths
 
 __all__ = ["RayBackend"]
 
@@ -156,7 +156,7 @@ class RayBackend(Backend):
         except BaseException:
             self._pending.finished()
             raise
-        generator = task.remote(for_ray(payload), self._sys_path, batch)
+        generator = task.remote(for_ray(payload), batch)
         self.counters.started()
         return _RayStream(self, fn, generator, place)
 
@@ -222,7 +222,7 @@ class RayBackend(Backend):
             async with self._capacity_limiter():
                 if self._terminated:
                     raise PoolClosedError("the pool was terminated while the call waited")
-                ref = task.remote(for_ray(payload), self._sys_path)
+                ref = task.remote(for_ray(payload))
                 self._running.add(ref)
                 self.counters.started()
                 try:
@@ -318,6 +318,7 @@ class RayBackend(Backend):
         if not ray.is_initialized():
             ray.init(address=self._address, **self._init_options)
             self._started_ray = True
+        run_call, run_stream = on_paths(self._sys_path)
         self._task = ray.remote(run_call).options(**self._task_options)
         self._stream_task = ray.remote(run_stream).options(
             **self._task_options,
