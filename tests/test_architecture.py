@@ -125,7 +125,7 @@ def test_a_front_end_reaches_workers_only_through_the_backend_protocol(front_end
 
 def test_the_worker_side_imports_neither_anyio_nor_trio() -> None:
     script = (
-        "import sys, anypool.backends.local.child.worker\n"
+        "import sys, anypool.backends.local.child.worker, anypool.backends.ray.remote\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('anyio', 'trio', 'sniffio')))"
     )
     output = subprocess.run(

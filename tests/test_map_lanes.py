@@ -17,9 +17,9 @@ import pytest
 
 import anypool
 import workers
+from anypool.backends._execution import run_pickled_call
 from anypool.backends.local import wire
 from anypool.backends.local.child.pipe import Pipe
-from anypool.backends.local.child.worker import run_pickled_call
 from support import gone, stand_in_worker, wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]

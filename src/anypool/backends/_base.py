@@ -30,13 +30,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 import anyio
 
 from .._errors import PoolClosedError, UnsupportedError
+from .._eventloop import current_library
+from .._serialize import Payload, dumps_call_arguments, load_error, load_result
+from ._execution import RESULT, apply_to_chunk
 
 if TYPE_CHECKING:
     from collections import deque
 
     from anyio.abc import TaskGroup
 
-    from .._stats import PoolStats
+    from .._stats import CallCounters, PoolStats
 
 __all__ = [
     "Backend",
@@ -50,7 +53,9 @@ __all__ = [
     "QueueEndpoint",
     "QueueStatus",
     "StreamSession",
+    "deliver",
     "find_queue",
+    "pickled_chunk",
     "pickling_for",
     "register_queue",
     "require_while_pickling",
@@ -405,3 +410,31 @@ def register_queue(queue: QueueEndpoint) -> int:
 def find_queue(queue_id: int) -> QueueEndpoint | None:
     """The queue of that id, or ``None`` if it was collected."""
     return _queues.get(queue_id)
+
+
+# --- what every backend does with a call's outcome ----------------------------------------
+
+
+def pickled_chunk(
+    fn: Callable[[Any], Any], items: Sequence[Any], *, raise_first: bool
+) -> tuple[Payload, int]:
+    """The pickled call of ``fn`` over ``items`` in a worker, and its size."""
+    event_loop = current_library()
+    call: tuple[Any, ...] = (apply_to_chunk, (fn, items, event_loop, raise_first), {}, event_loop)
+    payload = dumps_call_arguments(call, fn, items, {}, large_bytes=False)
+    return payload, len(payload)
+
+
+def deliver(counters: CallCounters, kind: int, body: Any, fn: Callable[..., Any]) -> Any:
+    """The result of a call whose outcome is ``(kind, body)`` (RESULT or ERROR, as a worker
+    sends it), or its error raised; the call counted as ended either way."""
+    if kind == RESULT:
+        try:
+            result = load_result(body, fn)
+        except BaseException:
+            counters.ended("failed")
+            raise
+        counters.ended("completed")
+        return result
+    counters.ended("failed")
+    raise load_error(body)

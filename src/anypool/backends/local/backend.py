@@ -25,11 +25,19 @@ from ..._arguments import check_callable, check_count, check_seconds, check_time
 from ..._cpu import cpu_count
 from ..._serialize import dumps, dumps_call_arguments
 from ..._stats import PoolStats
-from .._base import Backend, Call, ChannelSession, ChunkFeed, ChunkRunner, StreamSession
+from .._base import (
+    Backend,
+    Call,
+    ChannelSession,
+    ChunkFeed,
+    ChunkRunner,
+    StreamSession,
+    pickled_chunk,
+)
 from . import shared_memory, wire
 from .calls import CallRunner
 from .forkserver import preload_worker_module_in_forkserver
-from .lanes import LaneRunner, pack_chunk
+from .lanes import LaneRunner
 from .sessions import LocalChannel, LocalStream, open_session
 from .workers import WorkerCache
 
@@ -116,7 +124,7 @@ class LocalBackend(Backend):
     def pack_chunk(
         self, fn: Callable[[Any], Any], items: Sequence[Any], *, raise_first: bool
     ) -> tuple[Any, int]:
-        return pack_chunk(fn, items, raise_first=raise_first)
+        return pickled_chunk(fn, items, raise_first=raise_first)
 
     def run_chunks(
         self, feed: ChunkFeed, group: anyio.abc.TaskGroup, *, kill_on_cancel: bool

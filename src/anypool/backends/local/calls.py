@@ -9,9 +9,10 @@ from typing import Any
 
 from ..._errors import BrokenWorkerError, PoolClosedError
 from ..._serialize import Payload, describe
+from .._base import deliver
 from . import wire
 from .handle import WorkerHandle
-from .replies import Retired, deliver, drain_in_background, lost, reply
+from .replies import Retired, drain_in_background, lost, reply
 from .sendahead import QUEUED_MAX_BYTES, Slot
 from .transport import ChannelClosed
 from .workers import WorkerCache

@@ -4,33 +4,20 @@ at a time, as many lanes as the pool has workers."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 import anyio.abc
 
-from ..._eventloop import current_library
-from ..._serialize import Payload, dumps_call_arguments, load_error, load_result
+from ..._serialize import load_error, load_result
 from .._base import Chunk, ChunkFeed, ChunkRunner
 from . import wire
-from .child.worker import apply_to_chunk
 from .handle import WorkerHandle
 from .replies import Retired, drain_in_background, reply
 from .transport import ChannelClosed
 from .workers import WorkerCache
 
-__all__ = ["LaneRunner", "pack_chunk"]
-
-
-def pack_chunk(
-    fn: Callable[[Any], Any], items: Sequence[Any], *, raise_first: bool
-) -> tuple[Payload, int]:
-    """The pickled call of ``fn`` over ``items`` in a worker, and its size."""
-    event_loop = current_library()
-    call: tuple[Any, ...] = (apply_to_chunk, (fn, items, event_loop, raise_first), {}, event_loop)
-    payload = dumps_call_arguments(call, fn, items, {}, large_bytes=False)
-    return payload, len(payload)
+__all__ = ["LaneRunner"]
 
 
 class _Lane:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._errors import BrokenWorkerError, InitializerError, PoolClosedError
 from ..._eventloop import spawn_detached
-from ..._serialize import describe, load_error, load_result
-from ..._stats import CallCounters
+from ..._serialize import describe
 from . import wire
 from .handle import WorkerHandle
 from .transport import ChannelClosed
@@ -18,7 +17,7 @@ from .transport import ChannelClosed
 if TYPE_CHECKING:
     from .workers import WorkerCache
 
-__all__ = ["Retired", "deliver", "drain_in_background", "lost", "reply"]
+__all__ = ["Retired", "drain_in_background", "lost", "reply"]
 
 
 class Retired(Exception):
@@ -57,21 +56,6 @@ async def reply(
             await before_stop()
         raise await cache.initializer_failed(worker, body)
     return kind, body
-
-
-def deliver(counters: CallCounters, kind: int, body: Any, fn: Callable[..., Any]) -> Any:
-    """The result of a call whose outcome is ``(kind, body)`` (RESULT or ERROR, as a worker
-    sends it), or its error raised; the call counted as ended either way."""
-    if kind == wire.RESULT:
-        try:
-            result = load_result(body, fn)
-        except BaseException:
-            counters.ended("failed")
-            raise
-        counters.ended("completed")
-        return result
-    counters.ended("failed")
-    raise load_error(body)
 
 
 async def lost(

@@ -40,15 +40,17 @@ from __future__ import annotations
 import struct
 from typing import Any, Final, NamedTuple
 
+from .. import _execution
+
 CALL: Final = 1
-RESULT: Final = 2
-ERROR: Final = 3
+RESULT: Final = _execution.RESULT
+ERROR: Final = _execution.ERROR
 INIT_FAILED: Final = 4
 RETIRING: Final = 5
 STREAM: Final = 6
 CREDIT: Final = 7
 CLOSE: Final = 8
-ITEM: Final = 9
+ITEM: Final = _execution.ITEM
 OPEN: Final = 10
 EOF: Final = 11
 QUEUE_PUT: Final = 12

@@ -35,11 +35,11 @@ from .._base import (
     Feature,
     PendingCalls,
     StreamSession,
+    deliver,
+    pickled_chunk,
     pickling_for,
 )
-from ..local import wire
-from ..local.lanes import pack_chunk
-from ..local.replies import deliver
+from .._execution import ERROR, RESULT
 from .remote import ITEMS, for_ray, largest_batch, on_paths
 
 __all__ = ["RayBackend"]
@@ -133,7 +133,7 @@ class RayBackend(Backend):
         self, fn: Callable[[Any], Any], items: Sequence[Any], *, raise_first: bool
     ) -> tuple[Any, int]:
         with pickling_for(self):
-            return pack_chunk(fn, items, raise_first=raise_first)
+            return pickled_chunk(fn, items, raise_first=raise_first)
 
     def run_chunks(
         self, feed: ChunkFeed, group: anyio.abc.TaskGroup, *, kill_on_cancel: bool
@@ -377,7 +377,7 @@ class _RayStream(StreamSession):
                 # Cancelled: stop the generator as when the consumer leaves early.
                 await self.aclose()
                 raise
-            if kind == wire.ERROR:
+            if kind == ERROR:
                 self._end("failed")
                 raise load_error(data)
             if kind == ITEMS:
@@ -488,7 +488,7 @@ class _RayChunks(ChunkRunner):
         except Exception as error:
             feed.chunk_failed(chunk, error)
             return
-        if kind != wire.RESULT:
+        if kind != RESULT:
             counters.ended("failed")
             feed.chunk_failed(chunk, load_error(body))
             return

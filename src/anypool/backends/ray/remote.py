@@ -19,8 +19,8 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, Final
 
 from ..._serialize import PLAIN_TYPES, OutOfBand, Payload, dumps, dumps_each
-from ..local import wire
-from ..local.child.worker import (
+from .._execution import (
+    ERROR,
     CallNotLoaded,
     load_call,
     pickle_item,
@@ -87,10 +87,10 @@ def run_stream(payload: Payload, sys_path: Sequence[str], batch: int) -> Iterato
         fn, args, kwargs, event_loop, _ = load_call(payload)
         generator = start_generator(fn, args, kwargs)
     except CallNotLoaded as failure:
-        yield wire.ERROR, failure.report
+        yield ERROR, failure.report
         return
     except BaseException as error:
-        yield wire.ERROR, report_error(error)
+        yield ERROR, report_error(error)
         return
     items: Generator[Any, None, None] = (
         _async_items(generator, event_loop)
@@ -105,7 +105,7 @@ def run_stream(payload: Payload, sys_path: Sequence[str], batch: int) -> Iterato
                 return
             if end is not None:
                 if end.error is not None:
-                    yield wire.ERROR, report_error(end.error)
+                    yield ERROR, report_error(end.error)
                 return
     finally:
         # Ended early (an item could not be pickled): the generator gets GeneratorExit. (A
@@ -236,9 +236,9 @@ def _batches(items: list[Any], generator: Any) -> Generator[tuple[int, Any], Non
     if count == len(items):
         return True
     kind, data = pickle_item(items[count], generator)
-    if kind != wire.ERROR:
+    if kind != ERROR:
         raise AssertionError("an item that could not be pickled was pickled the second time")
-    yield wire.ERROR, data
+    yield ERROR, data
     return False
 
 

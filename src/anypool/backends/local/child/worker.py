@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import signal
 import sys
 import time
-import traceback
 import types
-from collections.abc import Coroutine, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ...._errors import SerializationError
-from ...._serialize import ErrorReport, Payload, describe, dumps, dumps_exception, dumps_item, loads
+from ...._serialize import Payload, dumps, loads
+from ..._execution import (
+    CallNotLoaded,
+    call_fn,
+    is_async,
+    load_call,
+    pickle_item,
+    pickle_outcome,
+    report_error,
+    run_coroutine,
+    run_pickled_call,
+    start_generator,
+)
 from .. import shared_memory, wire
 from .duplex import AsyncChannelEnd, ChannelEnd, ChannelState, run_blocking
 from .lifeline import die_with_parent
 from .pipe import Frame, Pipe
-from .unpickling import unpickling_error
 
 __all__ = ["main"]
 
@@ -133,80 +139,6 @@ def _send_outcome_announcing_the_next(
     return following, True
 
 
-class CallNotLoaded(Exception):
-    """The message of a call could not be unpickled: its report is ready to send."""
-
-    def __init__(self, report: bytes) -> None:
-        self.report = report
-
-
-def load_call(payload: Payload | bytearray) -> Any:
-    """The tuple a CALL, QUEUED, STREAM or OPEN message holds, ``(fn, args, kwargs, ...)``.
-
-    Raises:
-        CallNotLoaded: with the report of a SerializationError that names the argument at
-            fault, its ``__cause__`` the error raised while unpickling.
-    """
-    try:
-        return loads(payload)
-    # BaseException: a __reduce__ may raise anything, and must not end the worker.
-    except BaseException as error:
-        raise CallNotLoaded(report_error(unpickling_error(payload, error), cause=error)) from None
-
-
-def run_pickled_call(payload: Payload | bytearray) -> tuple[int, Payload]:
-    """Run the pickled call ``(fn, args, kwargs, event_loop)``: ``(RESULT, the pickled result)``
-    or ``(ERROR, a pickled ErrorReport)``, whatever went wrong. (Ray tasks run it too.)"""
-    try:
-        fn, args, kwargs, event_loop = load_call(payload)
-        result = _call(fn, args, kwargs, event_loop)
-    except CallNotLoaded as failure:
-        return wire.ERROR, failure.report
-    except BaseException as error:
-        return wire.ERROR, report_error(error)
-    if fn is apply_to_chunk:
-        return wire.RESULT, _dump_chunk_outcome(args[0], *result)
-    return _outcome(fn, result)
-
-
-def _outcome(fn: Any, result: Any) -> tuple[int, Payload]:
-    """The RESULT message for what ``fn`` returned, or the ERROR that says why it cannot be
-    pickled."""
-    try:
-        return wire.RESULT, dumps(result, out_of_band=True)
-    # BaseException: a __reduce__ may raise anything, and must not end the worker.
-    except BaseException as error:
-        return wire.ERROR, _unpicklable(f"the result of {describe(fn)}", result, error)
-
-
-def _dump_chunk_outcome(
-    fn: Any, results: list[Any], failures: list[int], seconds: float
-) -> Payload:
-    """Pickle what apply_to_chunk returned; a result that cannot be pickled becomes a failure
-    of its own item, named after ``fn``, and the others are delivered."""
-    try:
-        return dumps((results, failures, seconds), out_of_band=True)
-    except BaseException:
-        pass
-    failed = set(failures)
-    for position, result in enumerate(results):
-        if position in failed:
-            continue
-        try:
-            dumps(result)
-        except BaseException as error:
-            results[position] = _unpicklable(f"the result of {describe(fn)}", result, error)
-            failed.add(position)
-    return dumps((results, sorted(failed), seconds), out_of_band=True)
-
-
-def _unpicklable(what: str, obj: Any, error: BaseException) -> bytes:
-    """The ErrorReport of a SerializationError: ``what`` (``obj``) could not be pickled."""
-    failure = SerializationError(f"could not pickle {what} ({describe(obj)}): {error!r}")
-    failure.__cause__ = error
-    return report_error(failure)
-
-
 def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
     """Call ``fn(channel_end, *args, **kwargs)`` and send its outcome once it returns."""
     channel: ChannelState | None = None
@@ -214,8 +146,8 @@ def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
         fn, args, kwargs, event_loop, buffer = load_call(payload)
         channel = ChannelState(pipe, buffer)
         run_blocking(pipe, channel.start(buffer))
-        end = AsyncChannelEnd(channel, event_loop) if _is_async(fn) else ChannelEnd(channel)
-        outcome = _outcome(fn, _call(fn, (end, *args), kwargs, event_loop))
+        end = AsyncChannelEnd(channel, event_loop) if is_async(fn) else ChannelEnd(channel)
+        outcome = pickle_outcome(fn, call_fn(fn, (end, *args), kwargs, event_loop))
     except CallNotLoaded as failure:
         outcome = wire.ERROR, failure.report
     except BaseException as error:
@@ -243,18 +175,9 @@ def _stream(pipe: Pipe, payload: bytes | bytearray) -> None:
         return
     credit = _Credit(pipe, buffer)
     if isinstance(generator, types.AsyncGeneratorType):
-        _run_coroutine(_drive_async_generator(pipe, generator, credit), event_loop)
+        run_coroutine(_drive_async_generator(pipe, generator, credit), event_loop)
     else:
         _drive_generator(pipe, generator, credit)
-
-
-def start_generator(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    generator = fn(*args, **kwargs)
-    if not isinstance(generator, (types.GeneratorType, types.AsyncGeneratorType)):
-        raise TypeError(
-            f"pool.stream needs a generator function; {describe(fn)} returned {describe(generator)}"
-        )
-    return generator
 
 
 class _Credit:
@@ -334,90 +257,3 @@ async def _drive_async_generator(pipe: Pipe, generator: Any, credit: _Credit) ->
     with contextlib.suppress(Exception):
         await generator.aclose()
     pipe.send(wire.RESULT, dumps(None))
-
-
-def pickle_item(item: Any, generator: Any) -> tuple[int, Payload]:
-    """The ITEM message for ``item``, or the ERROR that says why it cannot be pickled."""
-    try:
-        return wire.ITEM, dumps_item(item, f"yielded by {generator.__qualname__}", out_of_band=True)
-    except SerializationError as error:
-        return wire.ERROR, report_error(error)
-    except BaseException as error:  # from a __reduce__: it must not end the worker
-        return wire.ERROR, _unpicklable(f"an item yielded by {generator.__qualname__}", item, error)
-
-
-def _call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], event_loop: str) -> Any:
-    result = fn(*args, **kwargs)
-    if isinstance(result, types.CoroutineType):
-        result = _run_coroutine(result, event_loop)
-    return result
-
-
-def apply_to_chunk(
-    fn: Any, items: Sequence[Any], event_loop: str, stop_at_error: bool
-) -> tuple[list[Any], list[int], float]:
-    """Call ``fn(item)`` for each item: the results, the positions among them of the items that
-    raised (their result is a pickled ErrorReport), and the seconds it took (for sizing the next
-    chunk)."""
-    started = time.perf_counter()
-    results: list[Any] = []
-    failures: list[int] = []
-    call = functools.partial(_call_async, fn, event_loop) if _is_async(fn) else fn
-    position = 0
-    while position < len(items):
-        try:
-            # The loop that matters for tiny functions, in C: list.extend keeps the results
-            # before an item that raised, so the length says which one it was.
-            results.extend(map(call, items[position:] if position else items))
-        except BaseException as error:
-            failures.append(len(results))
-            results.append(report_error(error))
-            if stop_at_error:
-                break
-        position = len(results)
-    return results, failures, time.perf_counter() - started
-
-
-def _call_async(fn: Any, event_loop: str, item: Any) -> Any:
-    return _call(fn, (item,), {}, event_loop)
-
-
-def _is_async(fn: Any) -> bool:
-    """Whether calling ``fn`` returns a coroutine to run (an ``async def``, or an object whose
-    ``__call__`` is one)."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
-
-
-def _run_coroutine(coroutine: Coroutine[Any, Any, Any], event_loop: str) -> Any:
-    # Run it on the caller's kind of event loop, imported only when a call needs it.
-    if event_loop == "trio":
-        import trio
-
-        async def await_coroutine() -> Any:
-            return await coroutine
-
-        return trio.run(await_coroutine)
-    import asyncio
-
-    return asyncio.run(coroutine)
-
-
-def report_error(error: BaseException, cause: BaseException | None = None) -> bytes:
-    """Pickle ``error`` for the parent, with its traceback as text and a fallback by name;
-    and ``cause``, reported likewise, to be its ``__cause__`` there (else the traceback is)."""
-    # The first frames are this module's own; the user's traceback starts below them.
-    frames = error.__traceback__
-    while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
-        frames = frames.tb_next
-    text = "".join(traceback.format_exception(type(error), error, frames))
-    exception = dumps_exception(error) if isinstance(error, Exception) else None
-    cls = type(error)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-    try:
-        message = str(error)
-    except BaseException:
-        message = "<str() of the exception failed>"
-    reported_cause = None if cause is None else report_error(cause)
-    return dumps(ErrorReport(exception, name, message, text, reported_cause))

@@ -16,8 +16,8 @@ import pickletools
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from ...._errors import SerializationError
-from ...._serialize import OutOfBand, Payload, describe
+from .._errors import SerializationError
+from .._serialize import OutOfBand, Payload, describe
 
 __all__ = ["unpickling_error"]
 
@@ -53,7 +53,7 @@ def _locate(payload: Payload | bytearray) -> tuple[str | None, Any]:
     fn = built[0] if path and path[0] > 0 and built else None
     if len(path) < 2:
         return ("the function" if path == [0] else None), fn
-    from .worker import apply_to_chunk
+    from ._execution import apply_to_chunk
 
     if fn is apply_to_chunk:
         # A map's chunk, a call of apply_to_chunk(fn, items, ...): say which item failed.
