@@ -30,7 +30,7 @@ import anyio
 import anypool
 from benchmarks import tasks
 from benchmarks.contenders import Contender, Session, _AnypoolSession
-from benchmarks.scenarios import Metric, Scenario, Sizes
+from benchmarks.scenarios import Metric, Scenario, Sizes, sequential_no_ops
 
 ANYPOOL = "anypool on Ray"
 NATIVE = "Ray's own API"
@@ -162,16 +162,7 @@ CONTENDERS: list[Contender] = [
 async def round_trip(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
     """Sequential calls of a no-op: milliseconds per call."""
     await session.warm_up(workers, sizes.hold_seconds)
-    samples = []
-    for _ in range(sizes.round_trips):
-        started = time.perf_counter()
-        await session.run(tasks.noop)
-        samples.append(time.perf_counter() - started)
-    samples.sort()
-    return {
-        "median": statistics.median(samples) * 1e3,
-        "p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e3,
-    }
+    return await sequential_no_ops(session, sizes.round_trips, unit=1e3)
 
 
 async def cancel_then_next(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:

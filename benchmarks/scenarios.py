@@ -119,15 +119,20 @@ async def warm_up(session: Session, workers: int, sizes: Sizes) -> list[int]:
 
 async def round_trip(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
     await warm_up(session, workers, sizes)
+    return await sequential_no_ops(session, sizes.round_trips, unit=1e6)
+
+
+async def sequential_no_ops(session: Session, count: int, *, unit: float) -> dict[str, float]:
+    """The median and p99 of ``count`` sequential calls of a no-op, in seconds times ``unit``."""
     samples = []
-    for _ in range(sizes.round_trips):
+    for _ in range(count):
         started = time.perf_counter()
         await session.run(tasks.noop)
         samples.append(time.perf_counter() - started)
     samples.sort()
     return {
-        "median": statistics.median(samples) * 1e6,
-        "p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e6,
+        "median": statistics.median(samples) * unit,
+        "p99": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * unit,
     }
 
 

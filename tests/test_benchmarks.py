@@ -14,16 +14,20 @@ from benchmarks import contenders, on_ray, report, scenarios
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_benchmark_measures_every_scenario_and_writes_the_report(tmp_path: Path) -> None:
-    process = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(tmp_path)],
+def run_benchmark(*arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *arguments],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
+
+
+def test_quick_benchmark_measures_every_scenario_and_writes_the_report(tmp_path: Path) -> None:
+    process = run_benchmark("--quick", "--output", str(tmp_path), timeout=300)
     assert process.returncode == 0, process.stderr
     summary = process.stdout
     page = (tmp_path / "benchmarks.md").read_text()
@@ -51,15 +55,7 @@ def test_quick_benchmark_measures_every_scenario_and_writes_the_report(tmp_path:
 def test_the_ray_section_compares_anypool_on_ray_with_rays_own_api(tmp_path: Path) -> None:
     # Its own local Ray, in the benchmark's processes (not the session's): each contender's
     # process checks that none of that Ray's processes outlives ray.shutdown().
-    process = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "ray", "--output", str(tmp_path)],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    process = run_benchmark("--quick", "--only", "ray", "--output", str(tmp_path), timeout=240)
     assert process.returncode == 0, process.stderr
     page = (tmp_path / "benchmarks.md").read_text()
     assert report.RAY_HEADING in page

@@ -127,10 +127,7 @@ BAD_LOCAL_OPTIONS: list[tuple[dict[str, object], type[Exception], str]] = [
 def test_a_bad_pool_argument_raises_an_error_naming_the_parameter(
     arguments: dict[str, object], error_type: type[Exception], message: str
 ) -> None:
-    with pytest.raises(error_type) as info:
-        contract_pool(**arguments)
-    assert type(info.value) is error_type
-    assert str(info.value).startswith(message)
+    assert_refused(arguments, error_type, message)
 
 
 @pytest.mark.backends("local")
@@ -142,6 +139,10 @@ def test_a_bad_pool_argument_raises_an_error_naming_the_parameter(
 def test_a_bad_local_option_raises_an_error_naming_it(
     arguments: dict[str, object], error_type: type[Exception], message: str
 ) -> None:
+    assert_refused(arguments, error_type, message)
+
+
+def assert_refused(arguments: dict[str, object], error_type: type[Exception], message: str) -> None:
     with pytest.raises(error_type) as info:
         contract_pool(**arguments)
     assert type(info.value) is error_type
