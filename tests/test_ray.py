@@ -132,17 +132,6 @@ async def test_two_hundred_concurrent_calls_need_no_thread_each() -> None:
         assert pool.stats().calls_completed == 201
 
 
-async def test_max_workers_bounds_the_calls_that_run_at_once(tmp_path: Path) -> None:
-    release = tmp_path / "release"
-    async with ray_pool(max_workers=1) as pool, anyio.create_task_group() as group:
-        for index in range(3):
-            group.start_soon(pool.run, workers.return_when_path_exists, release, index, 30.0)
-        assert await wait_until_async(lambda: pool.stats().calls_pending == 3)
-        stats = pool.stats()
-        assert (stats.calls_running, stats.calls_waiting) == (1, 2)
-        release.touch()
-
-
 @pytest.mark.parametrize("fn", [workers.count_up, workers.async_count_up], ids=["sync", "async"])
 async def test_stream_yields_a_generators_items_in_order(fn: object) -> None:
     async with ray_pool() as pool:
