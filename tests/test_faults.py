@@ -38,13 +38,13 @@ import pytest
 import anypool
 import workers
 from support import (
-    KILL_CONFIRMATION,
     assert_items_before_a_crash,
     bystander_call,
     contract,
     contract_pool,
     dead,
     gone,
+    killed,
     pool_processes,
     read_pid,
     wait_until_async,
@@ -126,13 +126,7 @@ class Fault:
         else:
             assert (error.pid, error.exitcode, error.signal_name) == (None, None, None)
         assert during in message
-        if contract().owns_workers:
-            assert gone(pid), f"worker {pid} still exists after its BrokenWorkerError"
-        else:
-            # Ray's process: its raylet reaps it.
-            assert await wait_until_async(lambda: dead(pid), KILL_CONFIRMATION), (
-                f"worker {pid} still runs after its BrokenWorkerError"
-            )
+        assert await killed(pid), f"worker {pid} still exists after its BrokenWorkerError"
 
     def assert_delivered_as_itself(self, error: object) -> None:
         """``error`` is this fault's exception with its remote traceback; the worker lives."""

@@ -245,9 +245,7 @@ class RayBackend(Backend):
         """Wait for the task: no thread, no polling; Ray's done-callback wakes this loop. Its
         failures name ``what`` ran: ``the call to`` ``fn``, ``the stream of`` it."""
         future = ref.future()
-        event = current_loop().threadsafe_event()
-        future.add_done_callback(lambda _: event.set_from_any_thread())
-        await event.wait()
+        await _when_done(future).wait()
         exceptions = self._ray.exceptions
         try:
             outcome: tuple[int, Any] = future.result()
@@ -264,15 +262,13 @@ class RayBackend(Backend):
     async def _stop(self, ref: Any, *, kill: bool) -> None:
         """A call was cancelled: kill its task (and the process running it), and wait until Ray
         confirms it, or leave it to run out, its result dropped; ``join()`` waits for it."""
-        future = ref.future()
+        done = _when_done(ref.future())
         if not kill:
             self._pending.add()
-            token = current_loop().threadsafe_event()
-            future.add_done_callback(lambda _: token.set_from_any_thread())
 
             async def run_out() -> None:
                 try:
-                    await token.wait()
+                    await done.wait()
                 finally:
                     self._pending.finished()
 
@@ -280,7 +276,7 @@ class RayBackend(Backend):
             return
         self._cancel(ref)
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_CONFIRMATION):
-            await _when_done(ref).wait()
+            await done.wait()
 
     def _cancel(self, task: Any, end: Any = None) -> None:
         """Kill ``task`` (a call's ref, a stream's generator) and the process running it,
@@ -407,7 +403,7 @@ class _RayStream(StreamSession):
             completed = self._generator.completed()
             self._backend._cancel(self._generator, completed)
             with anyio.move_on_after(_CANCEL_CONFIRMATION):
-                await _when_done(completed).wait()
+                await _when_done(completed.future()).wait()
         self._end(how)
 
     async def _next_batch(self) -> tuple[int, Any]:
@@ -417,7 +413,7 @@ class _RayStream(StreamSession):
         core_worker = generator.worker.core_worker
         expected, ready = core_worker.peek_object_ref_stream(generator._generator_ref)
         if not ready:
-            await _when_done(expected).wait()
+            await _when_done(expected.future()).wait()
         try:
             ref = next(generator)  # ready now: it does not block
         except StopIteration:
@@ -436,10 +432,11 @@ class _RayStream(StreamSession):
             self._backend._pending.finished()
 
 
-def _when_done(ref: Any) -> ThreadsafeEvent:
-    """An event set once ``ref`` is ready (or failed), by Ray's done-callback."""
+def _when_done(future: Any) -> ThreadsafeEvent:
+    """An event set once ``future`` (an object ref's ``future()``) is done, by its
+    done-callback: the one way this backend waits for Ray, on any event loop."""
     event = current_loop().threadsafe_event()
-    ref.future().add_done_callback(lambda _: event.set_from_any_thread())
+    future.add_done_callback(lambda _: event.set_from_any_thread())
     return event
 
 
