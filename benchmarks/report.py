@@ -374,8 +374,9 @@ def _ray_section(run: Run) -> list[str]:
         f" (`anypool.Pool(max_workers={run.workers}, backend=RayBackend())`) and through Ray's own"
         " API: a `@ray.remote(max_retries=0)` function per task function, its ref awaited"
         " (`await f.remote()`); a cancelled call killed with `ray.cancel(ref, force=True)` and"
-        " its ref awaited until it raises (anypool's cancel scope does the same and waits for"
-        ' Ray\'s confirmation too); a `num_returns="streaming"` generator read with'
+        " its ref awaited until it raises (anypool kills the call's worker actor, `ray.kill`,"
+        " without waiting for Ray's confirmation: the next call goes to an idle worker while a"
+        ' new one starts); a `num_returns="streaming"` generator read with'
         " `async for ref in gen: await ref`, against `pool.stream(fn, n)` with its default"
         " buffer. Each contender ran in a fresh interpreter, and each of its runs started a"
         f" local Ray of its own (`ray.init(num_cpus={run.workers}, include_dashboard=False,"

@@ -81,11 +81,40 @@ async def test_a_cancelled_call_kills_the_process_running_it(tmp_path: Path) -> 
                 await pool.run(workers.write_pid_and_sleep, tmp_path / "pid", 60)
         assert scope.cancelled_caught
         pid = int((tmp_path / "pid").read_text())
-        # Ray confirms the task's cancellation before the cancellation returns; the process
-        # it sent SIGKILL to is gone a moment later (milliseconds; longer on a busy machine).
+        # The cancellation returns once Ray is told to kill the worker; its process is gone a
+        # moment later (a fraction of a second; longer on a busy machine).
         assert await wait_until_async(lambda: dead(pid), timeout=10.0)
         assert await pool.run(workers.square, 5) == 25
         assert pool.stats().calls_cancelled == 1
+
+
+async def test_a_cancellation_that_meets_its_calls_end_harms_no_other_call() -> None:
+    # Ray's forced cancel of a task could kill the next task its process ran (the reason the
+    # workers are actors): cancellations land around the end of calls of a few milliseconds,
+    # each followed by calls that must all succeed.
+    async with ray_pool() as pool:
+        for attempt in range(12):
+            seconds = 0.002 + attempt * 0.001
+            with anyio.move_on_after(seconds + 0.0015 * (attempt % 3 - 1)):
+                await pool.run(workers.sleep_then_return, seconds, attempt)
+            assert await pool.run(workers.square, attempt) == attempt * attempt
+            assert await pool.run(workers.sleep_then_return, 0.001, attempt) == attempt
+
+
+async def test_workers_the_cluster_cannot_hold_leave_the_calls_to_those_it_can() -> None:
+    # The session's Ray has 2 CPUs, a worker holds one: 2 of the 4 workers cannot start, and
+    # no call may wait for those while the other two serve.
+    async with ray_pool(4) as pool:
+        results: dict[int, object] = {}
+
+        async def call(index: int) -> None:
+            results[index] = await pool.run(workers.sleep_then_return, 0.05, index)
+
+        async with anyio.create_task_group() as group:
+            for index in range(8):
+                group.start_soon(call, index)
+        assert results == {index: index for index in range(8)}
+        assert pool.stats().workers_alive == 2
 
 
 async def test_without_kill_on_cancel_the_abandoned_call_runs_to_its_end(tmp_path: Path) -> None:

@@ -64,6 +64,15 @@ class OutOfBand:
         return len(self.data) + sum(memoryview(buffer).nbytes for buffer in self.buffers)
 
 
+def with_pickle_buffers(payload: Payload) -> Payload:
+    """``payload`` as a cluster engine (Ray, Dask) can carry it: its large buffers as
+    ``PickleBuffer``, which the engines' own pickling sends out of band (a memoryview it cannot
+    pickle at all)."""
+    if isinstance(payload, OutOfBand):
+        return OutOfBand(payload.data, [pickle.PickleBuffer(buffer) for buffer in payload.buffers])
+    return payload
+
+
 Payload = bytes | OutOfBand
 
 

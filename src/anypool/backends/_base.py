@@ -53,6 +53,8 @@ __all__ = [
     "QueueEndpoint",
     "QueueStatus",
     "StreamSession",
+    "SubmittedChunks",
+    "Submitter",
     "deliver",
     "find_queue",
     "pickled_chunk",
@@ -410,6 +412,85 @@ def register_queue(queue: QueueEndpoint) -> int:
 def find_queue(queue_id: int) -> QueueEndpoint | None:
     """The queue of that id, or ``None`` if it was collected."""
     return _queues.get(queue_id)
+
+
+# --- running a map's chunks one submitted call each ------------------------------------
+
+
+class Submitter(Protocol):
+    """A backend that runs one pickled call at a time through :meth:`submit` (an engine's
+    task, or a call to one of its workers): what :class:`SubmittedChunks` needs."""
+
+    counters: CallCounters
+
+    @property
+    def capacity(self) -> int: ...
+
+    async def submit(
+        self, fn: Callable[..., Any], payload: Payload, kill_on_cancel: bool
+    ) -> tuple[int, Any]:
+        """The outcome ``(kind, body)`` of the pickled call, as a worker sends it, counted
+        started; a failure to run it raised, counted as ended."""
+        ...
+
+
+class SubmittedChunks(ChunkRunner):
+    """Runs a map's chunks through a :class:`Submitter`, as many at once as its capacity."""
+
+    def __init__(
+        self,
+        backend: Submitter,
+        feed: ChunkFeed,
+        group: anyio.abc.TaskGroup,
+        kill_on_cancel: bool,
+    ) -> None:
+        self._backend = backend
+        self._feed = feed
+        self._group = group
+        self._kill_on_cancel = kill_on_cancel
+        self._lanes = 0
+        self._hungry = 0  # lanes about to take a chunk
+
+    def more(self) -> None:
+        """Start lanes for the chunks no lane is about to take, up to ``max_workers``."""
+        while len(self._feed.to_run) > self._hungry and self._lanes < self._backend.capacity:
+            self._lanes += 1
+            self._hungry += 1
+            self._group.start_soon(self._lane)
+
+    async def _lane(self) -> None:
+        feed = self._feed
+        try:
+            while feed.to_run and not feed.closed:
+                chunk = feed.to_run.popleft()
+                self._hungry -= 1
+                try:
+                    await self._run(chunk)
+                finally:
+                    self._hungry += 1
+        finally:
+            self._lanes -= 1
+            self._hungry -= 1
+
+    async def _run(self, chunk: Chunk) -> None:
+        feed, counters = self._feed, self._backend.counters
+        try:
+            kind, body = await self._backend.submit(feed.fn, chunk.packed, self._kill_on_cancel)
+        except Exception as error:
+            feed.chunk_failed(chunk, error)
+            return
+        if kind != RESULT:
+            counters.ended("failed")
+            feed.chunk_failed(chunk, load_error(body))
+            return
+        try:
+            results, failures, seconds = load_result(body, feed.fn)
+        except Exception as error:
+            counters.ended("failed")
+            feed.chunk_failed(chunk, error)
+            return
+        counters.ended("completed")
+        feed.chunk_done(chunk, results, failures, seconds)
 
 
 # --- what every backend does with a call's outcome ----------------------------------------

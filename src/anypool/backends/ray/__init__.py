@@ -1,4 +1,5 @@
-"""The Ray backend: ``Pool(backend=RayBackend())`` runs each call as a Ray task.
+"""The Ray backend: ``Pool(backend=RayBackend())`` runs the calls in Ray actors, the pool's
+workers.
 
 Nothing is imported here: Ray workers import ``anypool.backends.ray.remote``, which must not pull
 anyio in, and importing anypool never imports Ray.

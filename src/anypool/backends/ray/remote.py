@@ -1,7 +1,8 @@
-"""What runs inside a Ray task: the same worker-side code as a local worker's, on a pickled call.
+"""What runs in a pool's worker actor on Ray: the same worker-side code as a local worker's, on
+a pickled call.
 
-Imported by Ray workers (by reference, as this module's functions are): it must stay free of
-anyio, and import Ray nowhere.
+Imported by Ray workers (by reference, as :class:`PoolWorker` is): it must stay free of anyio,
+and import Ray nowhere.
 """
 
 from __future__ import annotations
@@ -9,16 +10,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import pickle
 import queue
 import sys
 import threading
 import types
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any, Final
 
-from ..._serialize import PLAIN_TYPES, OutOfBand, Payload, dumps, dumps_each
+from ..._serialize import PLAIN_TYPES, Payload, dumps, dumps_each, with_pickle_buffers
 from .._execution import (
     ERROR,
     CallNotLoaded,
@@ -29,7 +29,7 @@ from .._execution import (
     start_generator,
 )
 
-__all__ = ["EACH", "ITEMS", "for_ray", "largest_batch", "on_paths", "run_call", "run_stream"]
+__all__ = ["EACH", "ITEMS", "PoolWorker", "largest_batch", "run_stream"]
 
 ITEMS: Final = 100
 """The kind of a batch of a stream's plain items: ``(ITEMS, pickled list)``."""
@@ -41,48 +41,36 @@ _CLOSE_SECONDS: Final = 1.0
 """How long a stream that ends early waits for its generator to take ``GeneratorExit``."""
 
 
-def for_ray(payload: Payload) -> Any:
-    """``payload`` as Ray can carry it: large buffers as ``PickleBuffer``, which Ray's own
-    serializer sends out of band (a memoryview it cannot pickle at all)."""
-    if isinstance(payload, OutOfBand):
-        return OutOfBand(payload.data, [pickle.PickleBuffer(buffer) for buffer in payload.buffers])
-    return payload
-
-
-def on_paths(
-    sys_path: tuple[str, ...],
-) -> tuple[Callable[[Payload], tuple[int, Any]], Callable[[Payload, int], Iterator[Any]]]:
-    """:func:`run_call` and :func:`run_stream` with the caller's ``sys_path`` bound: a remote
-    function made of one carries the path once, when Ray exports it, not with every task (each
-    argument of a Ray task costs it some 0.1 ms: measured, half of anypool's overhead)."""
-
-    def anypool_call(payload: Payload) -> tuple[int, Any]:
-        return run_call(payload, sys_path)
-
-    def anypool_stream(payload: Payload, batch: int) -> Iterator[Any]:
-        yield from run_stream(payload, sys_path, batch)  # (Ray wants a generator function)
-
-    return anypool_call, anypool_stream
-
-
-def run_call(payload: Payload, sys_path: Sequence[str]) -> tuple[int, Any]:
-    """Run the pickled call ``(fn, args, kwargs, event_loop)`` and return its outcome as a
-    local worker sends it: ``(RESULT, pickled result)`` or ``(ERROR, pickled ErrorReport)``.
+class PoolWorker:
+    """A worker of a pool on Ray: an actor, a process of its own, that runs the pool's calls one
+    at a time. Its process is the pool's alone: killing it (``ray.kill``) kills the call it runs
+    and nothing else, which Ray's forced cancel of a task cannot promise (docs/distributed.md).
 
     ``sys_path`` is the caller's: where functions pickled by reference are found (a Ray worker
     starts with its own path). Entries that do not exist on this machine are left out.
     """
-    _use_paths(sys_path)
-    kind, body = run_pickled_call(payload)
-    return kind, for_ray(body)
+
+    def __init__(self, sys_path: Sequence[str]) -> None:
+        for entry in reversed(sys_path):
+            if entry not in sys.path and os.path.isdir(entry or "."):
+                sys.path.insert(1, entry)
+
+    def call(self, payload: Payload) -> tuple[int, Any]:
+        """Run the pickled call ``(fn, args, kwargs, event_loop)``; its outcome as a local
+        worker sends it: ``(RESULT, pickled result)`` or ``(ERROR, pickled ErrorReport)``."""
+        kind, body = run_pickled_call(payload)
+        return kind, with_pickle_buffers(body)
+
+    def stream(self, payload: Payload, batch: int) -> Iterator[Any]:
+        """:func:`run_stream`, as a Ray streaming generator."""
+        yield from run_stream(payload, batch)
 
 
-def run_stream(payload: Payload, sys_path: Sequence[str], batch: int) -> Iterator[Any]:
+def run_stream(payload: Payload, batch: int) -> Iterator[Any]:
     """Run the pickled generator call ``(fn, args, kwargs, event_loop, buffer)`` as a Ray
     streaming generator: its items in batches of at most ``batch`` (a Ray object each costs far
     more than an item), ``(ITEMS, pickled list)``; a last ``(ERROR, pickled ErrorReport)`` if
     it raised, or an item could not be pickled (the items before it come first)."""
-    _use_paths(sys_path)
     try:
         fn, args, kwargs, event_loop, _ = load_call(payload)
         generator = start_generator(fn, args, kwargs)
@@ -228,11 +216,11 @@ def _batches(items: list[Any], generator: Any) -> Generator[tuple[int, Any], Non
     if not items:
         return True
     if PLAIN_TYPES.issuperset(map(type, items)):
-        yield ITEMS, for_ray(dumps(items, out_of_band=True))
+        yield ITEMS, with_pickle_buffers(dumps(items, out_of_band=True))
         return True
     payload, count = dumps_each(items)
     if count:
-        yield EACH, for_ray(payload)
+        yield EACH, with_pickle_buffers(payload)
     if count == len(items):
         return True
     kind, data = pickle_item(items[count], generator)
@@ -310,9 +298,3 @@ def _trio_items(generator: Any) -> Generator[Any, None, None]:
         with contextlib.suppress(queue.Empty):
             handover.get_nowait()
         thread.join()
-
-
-def _use_paths(sys_path: Sequence[str]) -> None:
-    for entry in reversed(sys_path):
-        if entry not in sys.path and os.path.isdir(entry or "."):
-            sys.path.insert(1, entry)
