@@ -9,14 +9,14 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: venv test test-ray test-under-load coverage lint soak bench demo clean
+.PHONY: venv test test-ray test-dask test-under-load coverage lint soak bench demo clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,dev,bench,ray]'
+	$(BIN)/python -m pip install -e '.[test,dev,bench,ray,dask]'
 	touch $@
 
 test: venv
@@ -27,21 +27,29 @@ test: venv
 test-ray: venv
 	$(BIN)/python -m pytest -m ray
 
+# The contract tests on the Dask backend and its own tests, against a real LocalCluster started
+# once for the session: in a pytest process of their own.
+test-dask: venv
+	$(BIN)/python -m pytest -m dask
+
 # The tests marked `timing` (in `make test` too) on a machine made busy beside them: two CPU hogs
 # and a loop starting processes (tests/load.py), so that a timing assumption that holds only on a
 # quiet machine fails here. The load ends with the tests (or after 20 minutes, whatever happens).
-# The Ray runs of those tests stay in make test-ray: a Ray of its own beside the hogs would make
-# this step measure Ray's start-up under load, not anypool's timing.
+# The Ray (Dask) runs of those tests stay in make test-ray (test-dask): an engine of its own
+# beside the hogs would make this step measure the engine's start-up under load, not anypool's
+# timing.
 test-under-load: venv
-	$(BIN)/python tests/load.py --seconds 1200 -- $(BIN)/python -m pytest -m "timing and not ray"
+	$(BIN)/python tests/load.py --seconds 1200 -- $(BIN)/python -m pytest -m "timing and not ray and not dask"
 
-# The test suite under coverage.py, worker processes included, then the Ray backend's tests;
-# fails below the figure in pyproject.toml ([tool.coverage.report] fail_under). About 1.7 times
-# as long as make test.
+# The test suite under coverage.py, worker processes included, then the Ray backend's own tests
+# (its contract runs stay in make test-ray: each pool starts Ray workers of its own, minutes in
+# all) and the Dask backend's tests; fails below the figure in pyproject.toml
+# ([tool.coverage.report] fail_under). About twice as long as make test.
 coverage: venv
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m coverage run -m pytest -q
-	$(BIN)/python -m coverage run -m pytest -q -m ray
+	$(BIN)/python -m coverage run -m pytest -q -m ray tests/test_ray.py
+	$(BIN)/python -m coverage run -m pytest -q -m dask
 	$(BIN)/python -m coverage combine -q
 	$(BIN)/python -m coverage report
 

@@ -25,9 +25,10 @@ import anypool
 from support import (
     ALL_BACKENDS,
     BACKEND_IDS,
+    DASK_CLIENT,
+    ENGINE_PROCESSES,
     POLL_INTERVAL,
     POOL_BACKENDS,
-    RAY_PROCESSES,
     descendants,
     open_fds,
     use_contract_backend,
@@ -86,15 +87,51 @@ def ray_session() -> Iterator[None]:
 
     before = set(descendants())
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    RAY_PROCESSES.update(set(descendants()) - before)
+    with engine_processes("Ray", before):
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dask_session() -> Iterator[None]:
+    """A real Dask ``LocalCluster`` of two worker processes, one thread each, for the tests
+    marked ``dask``, started once for the session, with a synchronous client; none of its
+    processes may outlive its close."""
+    import dask
+    import distributed
+
+    before = set(descendants())
+    # A worker that dies fails its task at once, rather than after Dask's retries.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
+    client = distributed.Client(cluster, set_as_default=False)
+    DASK_CLIENT.append(client)
+    with engine_processes("Dask", before):
+        try:
+            yield
+        finally:
+            DASK_CLIENT.clear()
+            client.close()
+            cluster.close()
+
+
+@contextlib.contextmanager
+def engine_processes(engine: str, before: set[int]) -> Iterator[None]:
+    """The processes started since ``before`` are the engine's (``support.ENGINE_PROCESSES``)
+    until it stops; none may outlive that."""
+    started = set(descendants()) - before
+    ENGINE_PROCESSES.update(started)
     try:
         yield
     finally:
-        ray.shutdown()
-        rays = [psutil.Process(pid) for pid in RAY_PROCESSES if psutil.pid_exists(pid)]
-        _, alive = psutil.wait_procs(rays, timeout=LEAK_DEADLINE * 5)
-        RAY_PROCESSES.clear()
-        assert not alive, f"Ray left these behind: {[describe_process(p) for p in alive]}"
+        processes = [psutil.Process(pid) for pid in started if psutil.pid_exists(pid)]
+        _, alive = psutil.wait_procs(processes, timeout=LEAK_DEADLINE * 5)
+        ENGINE_PROCESSES.difference_update(started)
+        assert not alive, f"{engine} left these behind: {[describe_process(p) for p in alive]}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -146,13 +183,15 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail the test if it leaves a process (zombies included), a descriptor or a shared-memory
     segment behind. Event loops run by the test runners are closed by the time this checks.
 
-    Under a test marked ``ray``, sockets are Ray's: its driver connects to the workers it starts
-    and keeps those connections as it likes (the session's end checks Ray's processes)."""
-    rays_sockets = request.node.get_closest_marker("ray") is not None
-    if rays_sockets:
-        # Every test marked ray runs beside the session's Ray: started (once) before this
-        # takes its baseline.
-        request.getfixturevalue("ray_session")
+    Under a test marked ``ray`` (``dask``), sockets are the engine's: its client connects to
+    the processes it starts and keeps those connections as it likes (the session's end checks
+    the engine's processes)."""
+    engines = [name for name in ("ray", "dask") if request.node.get_closest_marker(name)]
+    for engine in engines:
+        # Every test marked with an engine runs beside the session's: started (once) before
+        # this takes its baseline.
+        request.getfixturevalue(f"{engine}_session")
+    engines_sockets = bool(engines)
     processes_before = set(descendants())
     fds_before = open_fds()
     shm_before = shm_entries()
@@ -166,7 +205,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             fd: target
             for fd, target in open_fds().items()
             if (fd not in fds_before or fds_before[fd] != target)
-            and not (rays_sockets and target.startswith("socket:"))
+            and not (engines_sockets and target.startswith("socket:"))
         }
         return processes, fds, shm_entries() - shm_before
 

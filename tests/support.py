@@ -52,6 +52,17 @@ def _ray_pool(*args: Any, **kwargs: Any) -> anypool.Pool:
     return anypool.Pool(*args, backend=RayBackend(), **kwargs)
 
 
+DASK_CLIENT: list[Any] = []
+"""The session's ``distributed.Client`` of its LocalCluster, once the ``dask_session`` fixture
+has started it."""
+
+
+def _dask_pool(*args: Any, **kwargs: Any) -> anypool.Pool:
+    from anypool.backends import DaskBackend
+
+    return anypool.Pool(*args, backend=DaskBackend(DASK_CLIENT[0]), **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class ContractBackend:
     """A backend the contract tests run on, and where its documented promises differ from the
@@ -104,6 +115,14 @@ POOL_BACKENDS: dict[str, ContractBackend] = {
         closes_generators=False,
         least_stream_bound=5,
         delivers_items_before_a_crash=False,
+        owns_workers=False,
+    ),
+    "dask": ContractBackend(
+        _dask_pool,
+        frozenset({Feature.STREAM, Feature.CHANNEL, Feature.QUEUE}),
+        # The child process is killed before the cancellation returns; its Dask worker reaps
+        # it a moment later.
+        reaps_before_cancel_returns=False,
         owns_workers=False,
     ),
 }
@@ -253,24 +272,25 @@ def open_fds() -> dict[int, str]:
     return fds
 
 
-RAY_PROCESSES: set[int] = set()
-"""The processes a local Ray started for the session (its GCS, raylet and their helpers): theirs,
-and their descendants (Ray's worker pool), are Ray's to manage, not a test's."""
+ENGINE_PROCESSES: set[int] = set()
+"""The processes a session's engine started (a local Ray's GCS, raylet and helpers; a Dask
+LocalCluster's nannies and workers): theirs, and their descendants (Ray's worker pool, the
+children a Dask worker runs calls in), are the engine's to manage, not a test's."""
 
 
 def descendants() -> dict[int, psutil.Process]:
     """Every live or zombie descendant of this process but multiprocessing's helpers and, while a
-    local Ray runs, Ray's own processes."""
+    session's engine runs, its processes (:data:`ENGINE_PROCESSES`)."""
     helpers = multiprocessing_helper_pids()
     found = {}
     for process in psutil.Process().children(recursive=True):
-        if process.pid not in helpers and not _rays(process):
+        if process.pid not in helpers and not _engines(process):
             found[process.pid] = process
     return found
 
 
-def _rays(process: psutil.Process) -> bool:
-    if not RAY_PROCESSES:
+def _engines(process: psutil.Process) -> bool:
+    if not ENGINE_PROCESSES:
         return False
     try:
         lineage = [process.pid, *(parent.pid for parent in process.parents())]
@@ -278,7 +298,7 @@ def _rays(process: psutil.Process) -> bool:
         # Gone meanwhile (Ray reaps the workers it kills as they are listed): no descendant to
         # report, not even once (a test asserts pool_processes() == set() just once).
         return not psutil.pid_exists(process.pid)
-    return not RAY_PROCESSES.isdisjoint(lineage)
+    return not ENGINE_PROCESSES.isdisjoint(lineage)
 
 
 def pool_processes() -> set[int]:

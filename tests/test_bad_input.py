@@ -194,6 +194,7 @@ async def test_map_unpicklable_item_names_its_type_and_the_other_items_are_serve
     [(threading.Lock, "_thread.lock"), (workers.BottomlessPickle, BOTTOMLESS_TYPE)],
     ids=["lock", "bottomless"],
 )
+@pytest.mark.needs(Feature.STREAM)
 async def test_stream_unpicklable_argument_names_the_argument_and_its_type(
     make_argument: Callable[[], object], type_name: str
 ) -> None:
@@ -261,6 +262,7 @@ async def test_map_unpicklable_result_names_the_function_and_the_type(
     ("what", "type_name"),
     [("lock", "_thread.lock"), ("bottomless", BOTTOMLESS_TYPE)],
 )
+@pytest.mark.needs(Feature.STREAM)
 async def test_stream_unpicklable_item_names_the_generator_and_the_type_and_keeps_the_worker(
     what: str, type_name: str, kind: str
 ) -> None:
@@ -326,6 +328,7 @@ async def test_map_unpicklable_exception_becomes_remote_error_in_its_place(
 @pytest.mark.parametrize(
     ("what", "type_name", "message"), UNPICKLABLE_EXCEPTIONS, ids=UNPICKLABLE_EXCEPTION_IDS
 )
+@pytest.mark.needs(Feature.STREAM)
 async def test_stream_unpicklable_exception_becomes_remote_error_and_keeps_the_worker(
     what: str, type_name: str, message: str, kind: str
 ) -> None:
@@ -366,6 +369,7 @@ async def test_map_exception_with_a_10_mib_message_arrives_whole_in_its_place(
         await assert_pool_serves(pool, pid if return_exceptions else None)
 
 
+@pytest.mark.needs(Feature.STREAM)
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_stream_exception_with_a_10_mib_message_arrives_whole(kind: str) -> None:
     async with contract_pool(1) as pool:
@@ -405,6 +409,7 @@ async def test_map_result_of_64_mib_arrives_whole_among_small_ones() -> None:
         await assert_pool_serves(pool, pid)
 
 
+@pytest.mark.needs(Feature.STREAM)
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_stream_item_of_64_mib_arrives_whole_among_small_ones(kind: str) -> None:
     async with contract_pool(1) as pool:
@@ -457,6 +462,7 @@ async def test_map_result_whose_unpickling_exits_raises_serialization_error_in_i
         await assert_pool_serves(pool, pid if return_exceptions else None)
 
 
+@pytest.mark.needs(Feature.STREAM)
 async def test_stream_item_whose_unpickling_exits_raises_serialization_error() -> None:
     async with contract_pool(1) as pool:
         pid = await worker_pid(pool)
@@ -534,6 +540,7 @@ async def test_map_item_that_fails_to_unpickle_in_the_worker_is_named_in_its_pla
         await assert_pool_serves(pool, pid)
 
 
+@pytest.mark.needs(Feature.STREAM)
 async def test_stream_argument_that_fails_to_unpickle_in_the_worker_is_named() -> None:
     async with contract_pool(1) as pool:
         pid = await worker_pid(pool)

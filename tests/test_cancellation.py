@@ -128,7 +128,7 @@ async def test_call_in_an_already_cancelled_scope_is_never_sent_to_the_idle_work
         assert scope.cancelled_caught
         stats = pool.stats()
         assert (stats.workers_replaced, stats.calls_cancelled) == (0, 0)
-        assert await pool.run(workers.current_pid) == pid
+        await assert_pool_serves(pool, pid)
 
 
 async def test_cancel_while_waiting_for_a_worker_does_not_disturb_the_running_call(
@@ -153,7 +153,7 @@ async def test_cancel_while_waiting_for_a_worker_does_not_disturb_the_running_ca
             assert not gone(pid)
             release.touch()
         assert results == [pid]
-        assert await pool.run(workers.current_pid) == pid
+        await assert_pool_serves(pool, pid)
 
 
 @pytest.mark.timing

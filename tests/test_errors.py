@@ -142,6 +142,7 @@ async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_i
     assert_is_the_quota_error(received[1], "item", -5)
 
 
+@pytest.mark.needs(Feature.STREAM)
 async def test_exception_whose_init_takes_more_than_its_message_keeps_its_type_in_a_stream() -> (
     None
 ):
@@ -215,9 +216,12 @@ async def test_worker_exiting_during_a_call_raises_broken_worker_error() -> None
         assert isinstance(error, RuntimeError)
         assert "exit_immediately" in str(error)
         if contract().reports_exits:
-            assert (error.pid, error.exitcode, error.signal_name) == (pid, 3, None)
-            assert str(pid) in str(error)
-            assert "3" in str(error).replace(str(pid), "")
+            assert (error.exitcode, error.signal_name) == (3, None)
+            assert error.pid is not None
+            assert str(error.pid) in str(error)
+            assert "3" in str(error).replace(str(error.pid), "")
+            # (On Dask, the call may run in another worker's process than pid's.)
+            assert error.pid == pid or not contract().owns_workers
         else:
             assert (error.pid, error.exitcode, error.signal_name) == (None, None, None)
         if contract().owns_workers:

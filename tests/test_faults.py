@@ -37,6 +37,7 @@ import pytest
 
 import anypool
 import workers
+from anypool.backends import Feature
 from support import (
     assert_items_before_a_crash,
     bystander_call,
@@ -235,6 +236,7 @@ async def test_map_fault_with_return_exceptions_takes_its_items_place(
         await assert_pool_recovered(pool, fault, failed=1 if fault.name in DEATHS else 0)
 
 
+@pytest.mark.needs(Feature.STREAM)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("fault_name", FAULTS)
 async def test_stream_fault_is_raised_after_the_items_before_it(

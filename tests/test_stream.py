@@ -30,6 +30,7 @@ import trio
 
 import anypool
 import workers
+from anypool.backends import Feature
 from support import (
     ASYNCIO_BACKEND_IDS,
     ASYNCIO_BACKENDS,
@@ -45,6 +46,7 @@ from support import (
 
 pytestmark = [
     pytest.mark.usefixtures("contract_backend"),
+    pytest.mark.needs(Feature.STREAM),
     pytest.mark.anyio,
     # A stream that hangs fails in seconds rather than after the suite's default timeout.
     pytest.mark.timeout(30),

@@ -1235,3 +1235,16 @@ def work_stream(count: int, seconds: float, die_at: int | None) -> Iterator[int]
         if index == die_at:
             os._exit(9)
         yield index
+
+
+def append_pid_and_ticks(path: Path, seconds: float) -> None:
+    """Write this worker's pid to ``path``, then append a line to ``path.with_suffix('.ticks')``
+    every 10 ms for ``seconds``: the file stops growing when the call stops."""
+    write_pid(path)
+    ticks = path.with_suffix(".ticks")
+    deadline = time.monotonic() + seconds
+    with ticks.open("a") as file:
+        while time.monotonic() < deadline:
+            file.write("tick\n")
+            file.flush()
+            time.sleep(0.01)

@@ -1,9 +1,10 @@
 """What runs a pool's calls: the protocol every backend implements (``_base``) and the
-backends: ``local`` (worker processes on this machine) and ``ray`` (tasks on a Ray cluster).
+backends: ``local`` (worker processes on this machine), ``ray`` (actors on a Ray cluster) and
+``dask`` (tasks on a Dask cluster).
 
 ``from anypool.backends import RayBackend`` works, but nothing is imported until a name is asked
 for: workers import ``anypool.backends.local.child``, which must not pull anyio in, and
-importing anypool never imports Ray.
+importing anypool never imports Ray or Dask.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Backend", "Feature", "LocalBackend", "RayBackend"]
+__all__ = ["Backend", "DaskBackend", "Feature", "LocalBackend", "RayBackend"]
 
 if TYPE_CHECKING:
     from ._base import Backend, Feature
+    from .dask.backend import DaskBackend
     from .local.backend import LocalBackend
     from .ray.backend import RayBackend
 
 _HOMES = {
     "Backend": "._base",
+    "DaskBackend": ".dask.backend",
     "Feature": "._base",
     "LocalBackend": ".local.backend",
     "RayBackend": ".ray.backend",
