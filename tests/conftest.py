@@ -119,6 +119,20 @@ def dask_session() -> Iterator[None]:
             cluster.close()
 
 
+def assert_no_actors_left() -> None:
+    """Every Ray actor a test's pools started is dead (or dying) once the test has ended: a pool
+    that keeps its workers holds their CPUs from the pools of later tests."""
+    from ray._private import state  # (Ray's own listing needs its dashboard, which is off)
+
+    deadline = time.monotonic() + LEAK_DEADLINE
+    while True:
+        alive = [actor for actor in state.actors().values() if actor["State"] != "DEAD"]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_INTERVAL * 10)
+    assert not alive, f"the test left Ray actors: {[(a['ActorID'], a['State']) for a in alive]}"
+
+
 @contextlib.contextmanager
 def engine_processes(engine: str, before: set[int]) -> Iterator[None]:
     """The processes started since ``before`` are the engine's (``support.ENGINE_PROCESSES``)
@@ -209,6 +223,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         }
         return processes, fds, shm_entries() - shm_before
 
+    if "ray" in engines:
+        assert_no_actors_left()
     processes, fds, shm = left_behind()
     if not (processes or fds or shm):
         return

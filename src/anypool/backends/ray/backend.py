@@ -113,11 +113,13 @@ class RayBackend(EngineBackend):
 
     async def join(self) -> None:
         await self._pending.wait_all_done()
+        await self._workers.retire()
         self._shut_down()
 
     async def terminate(self) -> None:
         self._kill_all()
         await self._pending.wait_all_done()
+        await self._workers.retire()
         self._shut_down()
 
     def shutdown_now(self, grace: float) -> None:

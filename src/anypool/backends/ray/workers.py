@@ -19,6 +19,9 @@ from ..._eventloop import ThreadsafeEvent, current_loop
 
 __all__ = ["Place", "Workers", "when_done"]
 
+_RETIRE_SECONDS = 10.0
+"""The longest ``join()`` waits for the pool's idle workers to exit."""
+
 
 class Place:
     """A call's (a stream's) place among the ``max_workers``, and the worker it holds."""
@@ -100,6 +103,16 @@ class Workers:
             place = self._waiting.popleft()
             place.failure = PoolClosedError("the pool was terminated while the call waited")
             place.given.set()
+
+    async def retire(self) -> None:
+        """End the idle workers and wait until they have exited (a worker holds its CPU until
+        then, which the pools after this one may need), and kill those starting."""
+        ends = [worker.__ray_terminate__.remote().future() for worker in self.idle]
+        self.idle.clear()
+        self.stop_idle()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_RETIRE_SECONDS):
+            for end in ends:
+                await when_done(end).wait()
 
     def stop_idle(self) -> None:
         """Kill the idle workers, and those starting (the pool is done with them)."""
