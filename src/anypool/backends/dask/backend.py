@@ -106,7 +106,7 @@ class DaskBackend(EngineBackend):
 
     async def terminate(self) -> None:
         self._closed = self._terminated = True
-        await self._kill_running()
+        await self._kill(list(self._running.items()))
         await self._pending.wait_all_done()
         await self._shut_down()
 
@@ -206,29 +206,24 @@ class DaskBackend(EngineBackend):
 
             current_loop().spawn_detached(run_out)
             return
+        await self._kill([(call_id, future)])
+
+    async def _kill(self, calls: list[tuple[str, Any]]) -> None:
+        """Cancel the tasks of ``calls`` (call id, Dask future) and kill the children running
+        them, once the Dask workers have answered (in a thread: ``client.run`` blocks)."""
         client = self._client
-
-        def kill_it() -> bool:
-            future.cancel()
-            return any(client.run(kill_call, call_id).values())
-
-        with anyio.CancelScope(shield=True):
-            if await anyio.to_thread.run_sync(kill_it):
-                self._replaced += 1
-
-    async def _kill_running(self) -> None:
-        client = self._client
-        running = list(self._running.items())
-        if client is None or not running:
+        if client is None or not calls:
             return
 
-        def kill_them() -> None:
-            for call_id, future in running:
+        def kill_them() -> int:
+            killed = 0
+            for call_id, future in calls:
                 future.cancel()
-                client.run(kill_call, call_id)
+                killed += any(client.run(kill_call, call_id).values())
+            return killed
 
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(kill_them)
+            self._replaced += await anyio.to_thread.run_sync(kill_them)
 
     # --- admission and lifecycle -----------------------------------------------------------
 
@@ -264,12 +259,10 @@ class DaskBackend(EngineBackend):
         client, self._client = self._client, None
         if client is None:
             return
-        if client is self._given:
-            client.run(stop_children)
-            return
         if self._cluster is None:
-            client.run(stop_children)
-        client.close()
+            client.run(stop_children)  # (the cluster's workers outlive the pool)
+        if client is not self._given:
+            client.close()
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
