@@ -31,6 +31,7 @@ __all__ = [
     "current_library",
     "current_loop",
     "spawn_detached",
+    "when_done",
 ]
 
 
@@ -214,6 +215,16 @@ def spawn_detached(fn: Callable[[], Awaitable[None]]) -> None:
     ``fn`` must not raise: nobody awaits it. It is cancelled when the event loop ends.
     """
     current_loop().spawn_detached(fn)
+
+
+def when_done(future: Any) -> ThreadsafeEvent:
+    """An event set once ``future`` is done: a ``concurrent.futures.Future``, or an engine's
+    future with the same ``add_done_callback`` (Ray's ``ObjectRef.future()``, Dask's
+    ``Future``), whose callback may run in any thread. The one way the engines' backends wait,
+    on any event loop: no thread of ours, no polling."""
+    event = current_loop().threadsafe_event()
+    future.add_done_callback(lambda _: event.set_from_any_thread())
+    return event
 
 
 async def at_loop_end(fn: Callable[[], Awaitable[None]]) -> object:

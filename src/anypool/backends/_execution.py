@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import time
 import traceback
 import types
@@ -36,6 +37,7 @@ __all__ = [
     "run_pickled_call",
     "start_generator",
     "unpicklable",
+    "use_paths",
 ]
 
 RESULT: Final = 2
@@ -215,3 +217,12 @@ def report_error(error: BaseException, cause: BaseException | None = None) -> by
         message = "<str() of the exception failed>"
     reported_cause = None if cause is None else report_error(cause)
     return dumps(ErrorReport(exception, name, message, text, reported_cause))
+
+
+def use_paths(sys_path: Sequence[str]) -> None:
+    """Add the caller's ``sys.path`` entries that exist here to this process's: where the
+    functions pickled by reference are found (a cluster's worker starts with a path of its
+    own)."""
+    for entry in reversed(sys_path):
+        if entry not in sys.path and os.path.isdir(entry or "."):
+            sys.path.insert(1, entry)

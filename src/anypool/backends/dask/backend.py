@@ -15,7 +15,7 @@ import anyio.abc
 import anyio.to_thread
 
 from ..._errors import BrokenWorkerError, PoolClosedError
-from ..._eventloop import ThreadsafeEvent, current_loop
+from ..._eventloop import current_loop, when_done
 from ..._serialize import Payload, describe, with_pickle_buffers
 from .._base import (
     Call,
@@ -200,7 +200,7 @@ class DaskBackend(EngineBackend):
 
             async def run_out() -> None:
                 try:
-                    await _done(future).wait()
+                    await when_done(future).wait()
                 finally:
                     self._pending.finished()
 
@@ -288,12 +288,6 @@ async def _result(future: Any) -> tuple[int, Any]:
         raise value
     result: tuple[int, Any] = value
     return result
-
-
-def _done(future: Any) -> ThreadsafeEvent:
-    event = current_loop().threadsafe_event()
-    future.add_done_callback(lambda _: event.set_from_any_thread())
-    return event
 
 
 DaskBackend.__module__ = "anypool.backends"

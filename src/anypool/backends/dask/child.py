@@ -12,11 +12,10 @@ import os
 import pickle
 import signal
 import struct
-import sys
 from typing import Any, BinaryIO
 
 from ..._serialize import with_pickle_buffers
-from .._execution import run_pickled_call
+from .._execution import run_pickled_call, use_paths
 
 __all__ = ["main", "read_frame", "write_frame"]
 
@@ -35,7 +34,7 @@ def main(calls_fd: int, outcomes_fd: int) -> None:
                 sys_path, payload = read_frame(calls)
             except EOFError:
                 return
-            _use_paths(sys_path)
+            use_paths(sys_path)
             kind, body = run_pickled_call(payload)
             write_frame(outcomes, (kind, with_pickle_buffers(body)))
 
@@ -57,11 +56,3 @@ def write_frame(pipe: BinaryIO, value: Any) -> None:
     pipe.write(_LENGTH.pack(len(data)))
     pipe.write(data)
     pipe.flush()
-
-
-def _use_paths(sys_path: tuple[str, ...]) -> None:
-    """The caller's ``sys.path`` entries that exist here: where functions pickled by reference
-    are found."""
-    for entry in reversed(sys_path):
-        if entry not in sys.path and os.path.isdir(entry or "."):
-            sys.path.insert(1, entry)

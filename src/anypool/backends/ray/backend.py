@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..._errors import BrokenWorkerError, PoolClosedError, SerializationError
-from ..._eventloop import current_loop
+from ..._eventloop import current_loop, when_done
 from ..._serialize import (
     Payload,
     describe,
@@ -28,7 +28,7 @@ from .._base import (
 from .._engine import EngineBackend
 from .._execution import ERROR
 from .remote import ITEMS, PoolWorker, largest_batch
-from .workers import Place, Workers, when_done
+from .workers import Place, Workers
 
 __all__ = ["RayBackend"]
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import queue
-import sys
 import threading
 import types
 from collections import deque
@@ -27,6 +25,7 @@ from .._execution import (
     report_error,
     run_pickled_call,
     start_generator,
+    use_paths,
 )
 
 __all__ = ["EACH", "ITEMS", "PoolWorker", "largest_batch", "run_stream"]
@@ -51,9 +50,7 @@ class PoolWorker:
     """
 
     def __init__(self, sys_path: Sequence[str]) -> None:
-        for entry in reversed(sys_path):
-            if entry not in sys.path and os.path.isdir(entry or "."):
-                sys.path.insert(1, entry)
+        use_paths(sys_path)
 
     def call(self, payload: Payload) -> tuple[int, Any]:
         """Run the pickled call ``(fn, args, kwargs, event_loop)``; its outcome as a local

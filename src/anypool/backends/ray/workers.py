@@ -15,9 +15,9 @@ from typing import Any
 import anyio
 
 from ..._errors import BrokenWorkerError, PoolClosedError
-from ..._eventloop import ThreadsafeEvent, current_loop
+from ..._eventloop import current_loop, when_done
 
-__all__ = ["Place", "Workers", "when_done"]
+__all__ = ["Place", "Workers"]
 
 _RETIRE_SECONDS = 10.0
 """The longest ``join()`` waits for the pool's idle workers to exit."""
@@ -158,11 +158,3 @@ class Workers:
             place.failure = BrokenWorkerError(None, None, "its start on Ray")
             place.failure.__cause__ = error
             place.given.set()
-
-
-def when_done(future: Any) -> ThreadsafeEvent:
-    """An event set once ``future`` (an object ref's ``future()``) is done, by its
-    done-callback: the one way the Ray backend waits for Ray, on any event loop."""
-    event = current_loop().threadsafe_event()
-    future.add_done_callback(lambda _: event.set_from_any_thread())
-    return event
