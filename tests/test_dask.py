@@ -2,7 +2,8 @@
 started once for the session: what only Dask's backend does. The contract tests run on it too
 (``support.POOL_BACKENDS``); these are its own: a cancelled call stops (what Dask's own
 cancellation cannot do), ``cancel="abandon"`` is Dask's behaviour, a dead call's process is
-named, what it refuses, the cluster it starts and closes; on asyncio, uvloop and trio.
+named, a stream that ends early leaves neither a process nor a waiting Dask worker nor a queue
+behind, what it refuses, the cluster it starts and closes; on asyncio, uvloop and trio.
 
 Marked ``dask``: ``make test-dask`` runs these in a pytest process of their own (CI too); the
 default ``make test`` leaves them out.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
@@ -111,6 +113,80 @@ async def test_calls_run_in_processes_of_the_dask_workers_not_in_the_workers() -
     assert await wait_until_async(lambda: gone(pid), 10.0)
 
 
+def stream_queues() -> list[str]:
+    """The queues that anypool's streams hold in the Dask scheduler."""
+
+    def names(dask_scheduler: Any) -> list[str]:
+        return [name for name in dask_scheduler.extensions["queues"].queues if "anypool" in name]
+
+    found: list[str] = DASK_CLIENT[0].run_on_scheduler(names)
+    return found
+
+
+async def assert_both_dask_workers_serve(pool: anypool.Pool) -> None:
+    """Two calls run at once, one on each Dask worker (one thread each): neither thread is
+    held by a stream that was left."""
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            for _ in range(2):
+                group.start_soon(pool.run, workers.sleep_then_return, 0.5, None)
+
+
+async def test_leaving_a_stream_early_kills_its_generator_and_frees_its_dask_worker(
+    tmp_path: Path,
+) -> None:
+    outcome = tmp_path / "outcome"
+    async with dask_pool() as pool:
+        async with pool.stream(workers.yield_pid_forever, outcome) as items:
+            pid = await anext(aiter(items))
+        assert await wait_until_async(lambda: dead(pid), 10.0)
+        assert not outcome.exists()  # killed: a generator held back runs no finally
+        await assert_both_dask_workers_serve(pool)
+        stats = pool.stats()
+        assert (stats.calls_cancelled, stats.calls_running, stats.calls_pending) == (1, 0, 0)
+    assert await wait_until_async(lambda: not stream_queues(), 10.0)
+
+
+async def test_a_stream_cancelled_while_it_waits_for_an_item_leaves_nothing_waiting(
+    tmp_path: Path,
+) -> None:
+    release = tmp_path / "release"
+    async with dask_pool() as pool:
+        received: list[object] = []
+        with anyio.move_on_after(1.0) as scope:
+            async for item in pool.stream(workers.yield_then_wait_for, release, "first", "second"):
+                received.append(item)
+        assert scope.cancelled_caught
+        assert received == ["first"]
+        await assert_both_dask_workers_serve(pool)
+    assert await wait_until_async(lambda: not stream_queues(), 10.0)
+
+
+async def test_terminating_a_pool_during_a_stream_frees_its_dask_worker(tmp_path: Path) -> None:
+    log = tmp_path / "produced"
+    async with dask_pool() as pool:
+
+        async def take_slowly() -> None:
+            async with pool.stream(workers.count_forever_logging, log) as items:
+                async for _ in items:
+                    # Not taking more: the generator waits for the consumer's credit.
+                    await anyio.sleep(2.0)
+
+        async def consume() -> None:
+            with pytest.raises(anypool.PoolClosedError):
+                await take_slowly()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(consume)
+            assert await wait_until_async(
+                lambda: log.exists() and log.read_text().count("\n") > 3, 10.0
+            )
+            await pool.terminate()
+    async with dask_pool() as pool:
+        await assert_both_dask_workers_serve(pool)
+    assert await wait_until_async(lambda: not stream_queues(), 10.0)
+
+
 async def test_what_dask_cannot_do_is_refused_by_name() -> None:
     async with dask_pool() as pool:
         with pytest.raises(
@@ -118,11 +194,6 @@ async def test_what_dask_cannot_do_is_refused_by_name() -> None:
             match=r"^the dask backend does not support pool\.open_channel: use Dask's actors",
         ):
             pool.open_channel(workers.square)
-        with pytest.raises(
-            anypool.UnsupportedError,
-            match=r"^the dask backend does not support pool\.stream",
-        ):
-            pool.stream(workers.count_up, 3)
         queue: anypool.Queue[int] = anypool.Queue()
         with pytest.raises(
             anypool.UnsupportedError,

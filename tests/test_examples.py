@@ -75,8 +75,13 @@ def run_program(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     "script",
-    # (The Ray example needs Ray: test_ray_cluster_example_runs, marked ray.)
-    sorted(path for path in EXAMPLES.glob("*.py") if not path.name.startswith("ray_")),
+    # (The Ray and Dask examples need Ray, Dask: the tests of each, marked ray, dask. The
+    # FastAPI service serves until it is stopped: tests/test_fastapi_service.py runs it.)
+    sorted(
+        path
+        for path in EXAMPLES.glob("*.py")
+        if not path.name.startswith(("ray_", "dask_", "fastapi_"))
+    ),
     ids=lambda path: path.name,
 )
 def test_example_runs(script: Path) -> None:
@@ -89,6 +94,17 @@ def test_ray_cluster_example_runs_the_same_code_on_ray_and_kills_the_cancelled_c
     process = run_example(EXAMPLES / "ray_cluster.py")
     assert "primes below 50 000: 5133" in process.stdout
     assert "primes below [10000, 20000, 30000, 40000] : [1229, 2262, 3245, 4203]" in process.stdout
+    assert "cancelled the slow call: True" in process.stdout
+    assert "and the pool goes on: 25" in process.stdout
+
+
+@pytest.mark.dask
+def test_dask_cluster_example_runs_the_same_code_on_dask_and_stops_the_cancelled_call() -> None:
+    # It starts a Dask cluster of its own, in its own process, and closes it.
+    process = run_example(EXAMPLES / "dask_cluster.py")
+    assert "primes below 50 000: 5133" in process.stdout
+    assert "primes below [10000, 20000, 30000, 40000] : [1229, 2262, 3245, 4203]" in process.stdout
+    assert "primes below each thousand: [168, 303, 430, 550, 669]" in process.stdout
     assert "cancelled the slow call: True" in process.stdout
     assert "and the pool goes on: 25" in process.stdout
 

@@ -1,6 +1,7 @@
 """What the backends on a cluster engine (Ray, Dask) share: calls pickled as the local pool
 pickles them, each run by one :meth:`EngineBackend.submit` (a map's chunks too), ``max_workers``
-an ``anyio.CapacityLimiter``, and the calls counted here.
+an ``anyio.CapacityLimiter``, the calls counted here, and streams whose items come in batches
+(:class:`BatchedStream`).
 
 Imported by those backends only: workers never import it.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import os
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -16,9 +18,16 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .._errors import PoolClosedError
-from .._serialize import Payload, dumps_call_arguments
-from .._stats import CallCounters, PoolStats
+from .._errors import BrokenWorkerError, PoolClosedError, SerializationError
+from .._serialize import (
+    Payload,
+    describe,
+    dumps_call_arguments,
+    load_error,
+    load_result,
+    loads_each,
+)
+from .._stats import CallCounters, Ending, PoolStats
 from ._base import (
     Backend,
     Call,
@@ -27,13 +36,16 @@ from ._base import (
     ChunkRunner,
     Feature,
     PendingCalls,
+    StreamSession,
     SubmittedChunks,
     deliver,
     pickled_chunk,
     pickling_for,
 )
+from ._batches import ITEMS
+from ._execution import ERROR
 
-__all__ = ["EngineBackend"]
+__all__ = ["BatchedStream", "EngineBackend"]
 
 
 class EngineBackend(Backend):
@@ -165,3 +177,73 @@ class EngineBackend(Backend):
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.capacity)
         return self._limiter
+
+
+class BatchedStream(StreamSession):
+    """A stream whose generator runs on the engine (``_batches.run_stream``), its items taken
+    here a batch at a time: ``(ITEMS, a list's pickle)``, ``(EACH, a pickle each)``, and a last
+    ``(ERROR, report)`` if the generator raised."""
+
+    def __init__(self, counters: CallCounters, fn: Callable[..., Any]) -> None:
+        self._counters = counters
+        self._fn = fn
+        self._items: deque[Any] = deque()
+        self._unloadable: SerializationError | None = None
+        self._over = False
+        counters.started()
+
+    @abc.abstractmethod
+    async def next_batch(self) -> tuple[int, Any]:
+        """The generator's next batch, once it is sent; ``StopAsyncIteration`` after the last.
+        A failure of its process raises :class:`BrokenWorkerError` (:class:`PoolClosedError`
+        where the pool was terminated)."""
+
+    @abc.abstractmethod
+    async def release(self, *, died: bool) -> None:
+        """The stream is over: free its worker, or kill it (``died``: it died, or it runs a
+        generator the consumer left). Shielded."""
+
+    async def next(self) -> Any:
+        while not self._items:
+            if self._unloadable is not None:
+                # The items before it are taken: now the one that could not be unpickled.
+                await self._end("failed", died=True)
+                raise self._unloadable
+            if self._over:
+                raise StopAsyncIteration
+            try:
+                kind, data = await self.next_batch()
+            except StopAsyncIteration:
+                await self._end("completed")
+                raise
+            except (BrokenWorkerError, PoolClosedError) as error:
+                await self._end("aborted" if isinstance(error, PoolClosedError) else "failed", True)
+                raise
+            except BaseException:
+                # Cancelled: stop the generator as when the consumer leaves early.
+                await self.aclose()
+                raise
+            if kind == ERROR:
+                await self._end("failed")
+                raise load_error(data)
+            if kind == ITEMS:
+                self._items.extend(load_result(data, self._fn))  # (plain values: it cannot fail)
+                continue
+            try:
+                for item in loads_each(data, f"the result of {describe(self._fn)}"):
+                    self._items.append(item)
+            except SerializationError as error:
+                self._unloadable = error
+        return self._items.popleft()
+
+    async def aclose(self) -> None:
+        """Kill the generator's process, as a cancelled call's: a generator that the engine
+        holds back until its items are read runs no Python code to take ``GeneratorExit``."""
+        await self._end("cancelled", died=True)
+
+    async def _end(self, how: Ending, died: bool = False) -> None:
+        if not self._over:
+            self._over = True
+            self._items.clear()
+            self._counters.ended(how)
+            await self.release(died=died)

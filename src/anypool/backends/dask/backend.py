@@ -22,8 +22,10 @@ from .._base import (
     Feature,
     StreamSession,
 )
+from .._batches import largest_batch
 from .._engine import EngineBackend
-from .remote import CANCELLED, DIED, kill_call, run_call, stop_children
+from .remote import CANCELLED, DIED, kill_call, run_call, run_stream_call, stop_children
+from .stream import CREDIT, DaskStream, StreamQueues
 
 __all__ = ["DaskBackend"]
 
@@ -48,11 +50,8 @@ class DaskBackend(EngineBackend):
     """
 
     name: ClassVar[str] = "dask"
-    unsupported: ClassVar[frozenset[Feature]] = frozenset(
-        {Feature.STREAM, Feature.CHANNEL, Feature.QUEUE}
-    )
+    unsupported: ClassVar[frozenset[Feature]] = frozenset({Feature.CHANNEL, Feature.QUEUE})
     instead: ClassVar[dict[Feature, str]] = {
-        Feature.STREAM: "return the items from a call, or use pool.map",
         Feature.CHANNEL: "use Dask's actors (client.submit(Class, actor=True)) instead",
         Feature.QUEUE: "use distributed.Queue instead",
     }
@@ -97,8 +96,34 @@ class DaskBackend(EngineBackend):
         return threads
 
     async def open_stream(self, call: Call, *, buffer: int) -> StreamSession:
-        self.require(Feature.STREAM)
-        raise AssertionError  # (require raised)
+        """The generator runs in a Dask task (:func:`.remote.run_stream_call`), which holds
+        its place among the pool's ``max_workers`` until the stream ends."""
+        fn = call.fn
+        payload = self.pickled_call(call, buffer)
+        token = object()
+        await self._admit(token)
+        try:
+            client = self._client
+            call_id = _call_id(fn)
+            queues = StreamQueues(client, call_id)
+            await when_done(queues.start(queues.create())).wait()
+            future = client.submit(
+                run_stream_call,
+                call_id,
+                self._sys_path,
+                with_pickle_buffers(payload),
+                largest_batch(buffer),
+                call_id,
+                CREDIT,
+                key=call_id,
+                pure=False,
+                retries=0,
+            )
+        except BaseException:
+            self._leave(token)
+            raise
+        self._running[call_id] = future
+        return DaskStream(self, fn, call_id, future, queues, token)
 
     async def join(self) -> None:
         await self._pending.wait_all_done()
@@ -135,39 +160,35 @@ class DaskBackend(EngineBackend):
         """Run a pickled call in a Dask task, once fewer than ``max_workers`` run; its outcome
         as a local worker reports it, counted started. A failure of the call's process (it
         died, the pool was terminated) is raised, counted as ended."""
-        self._pending.add()
+        token = object()
+        await self._admit(token)
         try:
-            await self.ready()
-            client = self._client
-            async with self._capacity_limiter():
-                if self._terminated:
-                    raise PoolClosedError("the pool was terminated while the call waited")
-                call_id = f"anypool-{describe(fn)}-{os.getpid()}-{next(_call_ids)}"
-                future = client.submit(
-                    run_call,
-                    call_id,
-                    self._sys_path,
-                    with_pickle_buffers(payload),
-                    key=call_id,
-                    pure=False,
-                    retries=0,
-                )
-                self._running[call_id] = future
-                self.counters.started()
-                try:
-                    outcome = await self._outcome(future, fn)
-                except Exception as error:
-                    self.counters.ended_with(error)
-                    raise
-                except BaseException:
-                    self.counters.ended("cancelled")
-                    await self._stop(call_id, future, kill=kill_on_cancel or self._terminated)
-                    raise
-                finally:
-                    self._running.pop(call_id, None)
-                return outcome
+            call_id = _call_id(fn)
+            future = self._client.submit(
+                run_call,
+                call_id,
+                self._sys_path,
+                with_pickle_buffers(payload),
+                key=call_id,
+                pure=False,
+                retries=0,
+            )
+            self._running[call_id] = future
+            self.counters.started()
+            try:
+                outcome = await self._outcome(future, fn)
+            except Exception as error:
+                self.counters.ended_with(error)
+                raise
+            except BaseException:
+                self.counters.ended("cancelled")
+                await self._stop(call_id, future, kill=kill_on_cancel or self._terminated)
+                raise
+            finally:
+                self._running.pop(call_id, None)
+            return outcome
         finally:
-            self._pending.finished()
+            self._leave(token)
 
     async def _outcome(self, future: Any, fn: Callable[..., Any]) -> tuple[int, Any]:
         """Wait for the task: no thread, no polling; Dask's done-callback wakes this loop."""
@@ -226,6 +247,24 @@ class DaskBackend(EngineBackend):
             self._replaced += await anyio.to_thread.run_sync(kill_them)
 
     # --- admission and lifecycle -----------------------------------------------------------
+
+    async def _admit(self, token: object) -> None:
+        """Wait until fewer than ``max_workers`` calls (streams) run, then count one more,
+        for ``token``, until :meth:`_leave`; it stays pending (``join()`` waits) until then."""
+        self._pending.add()
+        try:
+            await self.ready()
+            await self._capacity_limiter().acquire_on_behalf_of(token)
+        except BaseException:
+            self._pending.finished()
+            raise
+        if self._terminated:
+            self._leave(token)
+            raise PoolClosedError("the pool was terminated while the call waited")
+
+    def _leave(self, token: object) -> None:
+        self._capacity_limiter().release_on_behalf_of(token)
+        self._pending.finished()
 
     def connected(self) -> bool:
         return self._client is not None
@@ -288,6 +327,11 @@ async def _result(future: Any) -> tuple[int, Any]:
         raise value
     result: tuple[int, Any] = value
     return result
+
+
+def _call_id(fn: Callable[..., Any]) -> str:
+    """A name for a call, unique in the cluster: its task's key, and what kills it."""
+    return f"anypool-{describe(fn)}-{os.getpid()}-{next(_call_ids)}"
 
 
 DaskBackend.__module__ = "anypool.backends"

@@ -6,14 +6,20 @@ and the next task on that worker waits for it. Here the task only hands the call
 waits; the child is the one killed. Which child runs which call is known in this process alone,
 under one lock, so a kill reaches the call it names or nothing: never the next call.
 
+A stream's generator runs in a child too (:func:`run_stream_call`); its batches reach the
+caller through a Dask queue, one for each credit the caller gives through another: the
+generator runs only as far ahead as the caller has room for.
+
 Imported by Dask workers (by reference, as these functions are): it must stay free of anyio,
-and import Dask nowhere.
+and import Dask only in what runs on a Dask worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -22,17 +28,23 @@ import time
 from typing import Any, BinaryIO, Final
 
 from ..._serialize import with_pickle_buffers
-from .child import read_frame, write_frame
+from .child import MORE, read_frame, read_raw_frame, write_frame
 
-__all__ = ["CANCELLED", "DIED", "kill_call", "run_call"]
+__all__ = ["CANCELLED", "DIED", "END", "kill_call", "run_call", "run_stream_call"]
 
 DIED: Final = 200
 """The outcome of a call whose child process died: ``(DIED, (pid, exit status))``."""
 CANCELLED: Final = 201
 """The outcome of a call killed (or refused) by :func:`kill_call`: ``(CANCELLED, None)``."""
 
+END: Final = 202
+"""The last record of a stream whose generator is over (its error, if any, came before)."""
+
 _FORGET_CANCELLED = 600.0
 """How long a cancellation of a call that had not started here is remembered."""
+_CREDIT_WAIT = 1.0
+"""How often a stream that waits for its consumer's credit looks whether it was killed (its
+consumer gives one as it leaves, which a terminated pool's may not have)."""
 
 
 class _Child:
@@ -54,11 +66,6 @@ class _Child:
         self.calls: BinaryIO = os.fdopen(calls_write, "wb")
         self.outcomes: BinaryIO = os.fdopen(outcomes_read, "rb")
         self.killed = False
-
-    def run(self, message: Any) -> tuple[int, Any]:
-        write_frame(self.calls, message)
-        outcome: tuple[int, Any] = read_frame(self.outcomes)
-        return outcome
 
     def kill(self) -> None:
         self.killed = True
@@ -83,22 +90,90 @@ def run_call(call_id: str, sys_path: tuple[str, ...], payload: Any) -> tuple[int
     """Run the pickled call in a child process of this worker; its outcome as a local worker
     sends it (``(RESULT, pickled result)``, ``(ERROR, pickled ErrorReport)``), or
     ``(DIED, (pid, exit status))``, or ``(CANCELLED, None)`` once :func:`kill_call` named it."""
+    child = _take_child(call_id)
+    if child is None:
+        return CANCELLED, None
+    try:
+        # (Dask hands large buffers over as memoryviews, which only a PickleBuffer pickles.)
+        write_frame(child.calls, (sys_path, with_pickle_buffers(payload), None))
+        outcome: tuple[int, Any] | None = read_frame(child.outcomes)
+    except (EOFError, OSError):
+        outcome = None  # the child died
+    return _give_back(call_id, child, outcome)
+
+
+def run_stream_call(
+    call_id: str, sys_path: tuple[str, ...], payload: Any, batch: int, queue: str, credit: int
+) -> None:
+    """Run the pickled generator call in a child process of this worker, putting its batches
+    (as ``_batches.run_stream`` makes them) into the Dask queue ``{queue}-items``: one for each
+    credit its consumer gives, ``credit`` at first, then one from ``{queue}-credits`` for each
+    batch it takes. The last record says how it ended: ``(END, None)``, ``(DIED, (pid, exit
+    status))`` or ``(CANCELLED, None)``. Each record is a pickle."""
+    import distributed
+
+    queue_class: Any = distributed.Queue  # (typed loosely: Dask is optional)
+    items, credits = queue_class(f"{queue}-items"), queue_class(f"{queue}-credits")
+    try:
+        child = _take_child(call_id)
+        if child is None:
+            end: tuple[int, Any] = CANCELLED, None
+        else:
+            message = (sys_path, with_pickle_buffers(payload), batch)
+            end = _give_back(call_id, child, _forward(child, message, items, credits, credit))
+        items.put(pickle.dumps(end))
+    finally:
+        items.close()
+        credits.close()
+
+
+def _forward(
+    child: _Child, message: Any, items: Any, credits: Any, credit: int
+) -> tuple[int, Any] | None:
+    """Start the stream ``message`` in ``child`` and put its batches into ``items`` as
+    ``credits`` allow; ``(END, None)`` once it is over, ``None`` if the child died, or was
+    killed."""
+    try:
+        write_frame(child.calls, message)
+        while True:
+            while not credit:
+                try:
+                    credits.get(timeout=_CREDIT_WAIT)
+                    credit = 1
+                except (TimeoutError, asyncio.TimeoutError):
+                    pass
+                if child.killed:
+                    return None
+            credit -= 1
+            write_frame(child.calls, MORE)
+            frame = read_raw_frame(child.outcomes)
+            if not frame:
+                return END, None
+            items.put(frame)
+    except (EOFError, OSError):
+        return None
+
+
+def _take_child(call_id: str) -> _Child | None:
+    """An idle child (or a new one) to run the call ``call_id``, counted running it; ``None``
+    if :func:`kill_call` named the call already."""
     with _lock:
         if _cancelled.pop(call_id, None) is not None:
-            return CANCELLED, None
+            return None
         child = _idle.pop() if _idle else None
     if child is None:
         child = _Child()  # (outside the lock: it takes a while)
     with _lock:
         if _cancelled.pop(call_id, None) is not None:
             _idle.append(child)
-            return CANCELLED, None
+            return None
         _running[call_id] = child
-    try:
-        # (Dask hands large buffers over as memoryviews, which only a PickleBuffer pickles.)
-        outcome = child.run((sys_path, with_pickle_buffers(payload)))
-    except (EOFError, OSError):
-        outcome = None  # the child died
+    return child
+
+
+def _give_back(call_id: str, child: _Child, outcome: tuple[int, Any] | None) -> tuple[int, Any]:
+    """The call's outcome, and ``child`` idle again; or, where the child died (``outcome``
+    is ``None``) or was killed, the child reaped and the outcome ``DIED`` or ``CANCELLED``."""
     with _lock:
         _running.pop(call_id, None)
         killed = child.killed

@@ -5,29 +5,24 @@ killed (``ray.kill``), and with it the call and nothing else."""
 from __future__ import annotations
 
 import sys
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..._errors import BrokenWorkerError, PoolClosedError, SerializationError
+from ..._errors import BrokenWorkerError, PoolClosedError
 from ..._eventloop import current_loop, when_done
 from ..._serialize import (
     Payload,
     describe,
-    load_error,
-    load_result,
-    loads_each,
     with_pickle_buffers,
 )
-from ..._stats import Ending
 from .._base import (
     Call,
     Feature,
     StreamSession,
 )
-from .._engine import EngineBackend
-from .._execution import ERROR
-from .remote import ITEMS, PoolWorker, largest_batch
+from .._batches import largest_batch
+from .._engine import BatchedStream, EngineBackend
+from .remote import PoolWorker
 from .workers import Place, Workers
 
 __all__ = ["RayBackend"]
@@ -108,7 +103,6 @@ class RayBackend(EngineBackend):
             # Ray pauses the generator while this many of its objects are unread.
             _generator_backpressure_num_objects=1,
         ).remote(with_pickle_buffers(payload), largest_batch(buffer))
-        self.counters.started()
         return _RayStream(self, fn, generator, place)
 
     async def join(self) -> None:
@@ -249,63 +243,18 @@ class RayBackend(EngineBackend):
             self._ray.shutdown()
 
 
-class _RayStream(StreamSession):
-    """A Ray streaming generator's items, a batch at a time, waited for without a thread."""
+class _RayStream(BatchedStream):
+    """A Ray streaming generator's batches, each waited for without a thread."""
 
     def __init__(
         self, backend: RayBackend, fn: Callable[..., Any], generator: Any, place: Place
     ) -> None:
+        super().__init__(backend.counters, fn)
         self._backend = backend
-        self._fn = fn
         self._generator = generator
         self._place = place
-        self._items: deque[Any] = deque()
-        self._unloadable: SerializationError | None = None
-        self._over = False
 
-    async def next(self) -> Any:
-        while not self._items:
-            if self._unloadable is not None:
-                # The items before it are taken: now the one that could not be unpickled.
-                self._end("failed", died=True)
-                raise self._unloadable
-            if self._over:
-                raise StopAsyncIteration
-            try:
-                kind, data = await self._next_batch()
-            except StopAsyncIteration:
-                self._end("completed")
-                raise
-            except Exception as error:
-                # (A RayError, raised as these two, says the worker died.)
-                died = isinstance(error, (BrokenWorkerError, PoolClosedError))
-                self._end("aborted" if isinstance(error, PoolClosedError) else "failed", died)
-                raise
-            except BaseException:
-                # Cancelled: stop the generator as when the consumer leaves early.
-                await self.aclose()
-                raise
-            if kind == ERROR:
-                self._end("failed")
-                raise load_error(data)
-            if kind == ITEMS:
-                self._items.extend(load_result(data, self._fn))  # (plain values: it cannot fail)
-                continue
-            try:
-                for item in loads_each(data, f"the result of {describe(self._fn)}"):
-                    self._items.append(item)
-            except SerializationError as error:
-                self._unloadable = error
-        return self._items.popleft()
-
-    async def aclose(self) -> None:
-        """Kill the generator's worker, as a cancelled call's (:meth:`RayBackend._stop`).
-
-        Not Ray's interrupt (``ray.cancel(force=False)``): it reaches a generator only when it
-        runs Python code, and one that Ray holds back until its items are read runs none."""
-        self._end("cancelled", died=True)
-
-    async def _next_batch(self) -> tuple[int, Any]:
+    async def next_batch(self) -> tuple[int, Any]:
         """The generator's next object, once it is ready: Ray's own asyncio wait would not serve
         trio, so this waits on the done-callback of the object Ray says comes next."""
         generator = self._generator
@@ -320,13 +269,10 @@ class _RayStream(StreamSession):
         outcome: tuple[int, Any] = await self._backend._outcome(ref, self._fn, "the stream of")
         return outcome
 
-    def _end(self, how: Ending, died: bool = False) -> None:
-        """The stream is over: its worker is idle again, or killed (``died``) and replaced."""
-        if not self._over:
-            self._over = True
-            self._items.clear()
-            self._backend.counters.ended(how)
-            self._backend._give_back(self._place, alive=not died)
+    async def release(self, *, died: bool) -> None:
+        """The worker is idle again, or killed (``died``: not Ray's interrupt, which reaches a
+        generator only when it runs Python code) and replaced."""
+        self._backend._give_back(self._place, alive=not died)
 
 
 RayBackend.__module__ = "anypool.backends"
