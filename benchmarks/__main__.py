@@ -9,10 +9,12 @@ pipe round trip, a memory copy) is measured in the same run. The full run writes
 ``docs/benchmarks.md`` and its plots; ``--quick`` runs everything small, to check that it works,
 and writes to ``--output`` (default: a temporary directory).
 
-The Ray section (``benchmarks/on_ray.py``: anypool on Ray against Ray's own API) is part of the
-full run where Ray is installed; ``--quick`` leaves it out (a Ray takes seconds to start and a
-gigabyte of memory) unless ``--only`` names it. ``--only ray`` runs that section alone; into a
-page that exists already, it writes that page's Ray section only.
+The engine sections (``benchmarks/engines.py``): the Ray section (``benchmarks/on_ray.py``:
+anypool on Ray against Ray's own API) and the Dask section (``benchmarks/on_dask.py``: anypool on
+Dask against Dask's own API) are part of the full run where their engine is installed;
+``--quick`` leaves them out (a Ray takes seconds to start and a gigabyte of memory, a Dask
+LocalCluster seconds) unless ``--only`` names them. ``--only ray`` (``--only dask``) runs that
+section alone; into a page that exists already, it writes that page's section only.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import anypool
-from benchmarks import contenders, floor, on_ray, report, scenarios
+from benchmarks import contenders, engines, floor, report, scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,8 +89,14 @@ def main() -> None:
         "--only",
         nargs="+",
         metavar="SCENARIO",
-        choices=[*(s.key for s in scenarios.SCENARIOS), *on_ray.KEYS, on_ray.GROUP],
-        help=f"these scenarios only ({on_ray.GROUP!r}: the Ray section's)",
+        choices=[
+            *(s.key for s in scenarios.SCENARIOS),
+            *(s.key for s in engines.SCENARIOS),
+            *(section.group for section in engines.SECTIONS),
+        ],
+        help="these scenarios only ("
+        + ", ".join(f"{s.group!r}: the {s.engine} section's" for s in engines.SECTIONS)
+        + ")",
     )
     parser.add_argument("--contenders", nargs="+", metavar="NAME", help="these contenders only")
     parser.add_argument(
@@ -105,11 +113,15 @@ def main() -> None:
         Path(tempfile.mkdtemp(prefix="anypool-bench-")) if options.quick else ROOT / "docs"
     )
     only = set(options.only or ())
-    if on_ray.GROUP in only:
-        only.update(on_ray.KEYS)
+    for section in engines.SECTIONS:
+        if section.group in only:
+            only.update(section.keys)
     keys = [s.key for s in scenarios.SCENARIOS if not only or s.key in only]
-    # The Ray section: in the full run, or where named.
-    ray_keys = [key for key in on_ray.KEYS if key in only or not (only or options.quick)]
+    # The engine sections: in the full run, or where named.
+    engine_keys = {
+        section.group: [key for key in section.keys if key in only or not (only or options.quick)]
+        for section in engines.SECTIONS
+    }
     chosen = [
         contender
         for contender in contenders.CONTENDERS
@@ -137,17 +149,29 @@ def main() -> None:
                 for backend in contender.backends
             }
 
-    ray_results: dict[str, dict[str, Any]] = {}
-    if ray_keys and not on_ray.installed():
-        print("the Ray section: Ray is not installed (pip install anypool[ray])", file=sys.stderr)
-    elif ray_keys:
-        for contender in on_ray.CONTENDERS:
+    engine_results: dict[str, dict[str, dict[str, Any]]] = {}
+    for section in engines.SECTIONS:
+        section_keys = engine_keys[section.group]
+        if section_keys and not section.installed():
+            print(
+                f"the {section.engine} section: {section.engine} is not installed"
+                f" (pip install anypool[{section.extra}])",
+                file=sys.stderr,
+            )
+            continue
+        section_results: dict[str, dict[str, Any]] = {}
+        for contender in section.contenders if section_keys else ():
             if options.contenders and contender.name not in options.contenders:
                 continue
+            measured = [key for key in section_keys if engines.by_key(key).applies(contender)]
+            if not measured:
+                continue
             print(f"measuring {contender.name} ...", file=sys.stderr)
-            ray_results[contender.name] = run_contender(
-                contender.name, options.workers, size, sizes.repeat, ray_keys
+            section_results[contender.name] = run_contender(
+                contender.name, options.workers, size, sizes.repeat, measured
             )
+        if section_results:
+            engine_results[section.group] = section_results
 
     scaling: dict[int, dict[str, Any]] = {}
     counts = options.scaling
@@ -179,7 +203,7 @@ def main() -> None:
         scaling=scaling,
         floor=machine_floor,
         seconds=time.monotonic() - started,
-        ray=ray_results,
+        engines=engine_results,
     )
     print(report.summary(run))
     path = report.write(run, output)

@@ -29,8 +29,8 @@ import anyio
 
 import anypool
 from benchmarks import tasks
-from benchmarks.contenders import Contender, Session, _AnypoolSession
-from benchmarks.scenarios import Metric, Scenario, Sizes, sequential_no_ops
+from benchmarks.contenders import AnypoolOnEngineSession, Contender, Session
+from benchmarks.scenarios import EngineSection, Metric, Scenario, Sizes, sequential_no_ops
 
 ANYPOOL = "anypool on Ray"
 NATIVE = "Ray's own API"
@@ -75,24 +75,12 @@ async def local_ray(workers: int) -> AsyncIterator[None]:
 # --- the contenders ----------------------------------------------------------------------------
 
 
-class _AnypoolOnRaySession(_AnypoolSession):
-    async def stream_count(self, items: int) -> None:
-        # A generator that ends by itself: Ray's own API has no way to leave one early but
-        # ray.cancel, so neither side's figure includes stopping it.
-        last = -1
-        async with self._pool.stream(tasks.count_to, items) as numbers:
-            async for number in numbers:
-                last = number
-        if last != items - 1:
-            raise RuntimeError("the stream's items went astray")
-
-
 @asynccontextmanager
 async def _open_anypool_on_ray(workers: int) -> AsyncIterator[Session]:
     from anypool.backends import RayBackend
 
     async with local_ray(workers), anypool.Pool(workers, backend=RayBackend()) as pool:
-        yield _AnypoolOnRaySession(pool, batches=False)
+        yield AnypoolOnEngineSession(pool, batches=False)
 
 
 class _NativeSession(Session):
@@ -236,6 +224,8 @@ NAMES = tuple(contender.name for contender in CONTENDERS)
 KEYS = tuple(scenario.key for scenario in SCENARIOS)
 GROUP = "ray"
 """What ``--only`` takes for every scenario of this section."""
+
+SECTION = EngineSection(GROUP, "Ray", "ray", "ray", CONTENDERS[0], CONTENDERS[1], tuple(SCENARIOS))
 
 
 def by_name(name: str) -> Contender:

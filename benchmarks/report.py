@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import anypool
-from benchmarks import contenders, on_ray
-from benchmarks.scenarios import SCENARIOS, Metric, Scenario, Sizes
+from benchmarks import contenders, engines, on_dask, on_ray
+from benchmarks.scenarios import SCENARIOS, EngineSection, Metric, Scenario, Sizes
 
 SCALING_CONTENDERS = ("anypool", "multiprocessing.Pool", "ProcessPoolExecutor")
 """Measured at each worker count: anypool and the peers fastest at map."""
@@ -30,8 +30,18 @@ class Run:
     """workers -> contender -> scenario -> backend -> metric -> value."""
     floor: dict[str, float]
     seconds: float
-    ray: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    """The Ray section's: contender -> scenario -> backend -> metric -> value."""
+    engines: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    """The engine sections': group (``"ray"``, ``"dask"``) -> contender -> scenario -> backend
+    -> metric -> value."""
+
+    def measured(self, section: EngineSection) -> dict[str, dict[str, Any]]:
+        """An engine section's results: contender -> scenario -> backend -> metric -> value;
+        empty where it did not run."""
+        return self.engines.get(section.group, {})
+
+    def engine_sections(self) -> list[EngineSection]:
+        """The engine sections this run measured, in the report's order."""
+        return [section for section in engines.SECTIONS if self.measured(section)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,29 +122,33 @@ def comparisons(run: Run) -> list[Comparison]:
     return found
 
 
-def ray_comparisons(run: Run) -> list[Comparison]:
-    """anypool on Ray against Ray's own API, on each event loop anypool ran on; Ray's refs are
-    awaited on asyncio only, so on trio against Ray's asyncio figure."""
+def engine_comparisons(run: Run, section: EngineSection) -> list[Comparison]:
+    """anypool on an engine against the engine's own API, on each event loop anypool ran on;
+    where the engine's own API runs on asyncio only (Ray's refs, Dask's asynchronous client),
+    on trio against its asyncio figure. A scenario without the engine's own figure (Dask has no
+    generator tasks) compares with nothing."""
+    measured = run.measured(section)
+    anypool_name, native_name = section.anypool.name, section.native.name
     found = []
-    for scenario in on_ray.SCENARIOS:
+    for scenario in section.scenarios:
         for metric in scenario.metrics:
             for backend in ("asyncio", "trio"):
-                mine = value(run.ray, on_ray.ANYPOOL, scenario.key, backend, metric.key)
+                mine = value(measured, anypool_name, scenario.key, backend, metric.key)
                 if mine is None:
                     continue
-                native_runs = run.ray.get(on_ray.NATIVE, {}).get(scenario.key, {})
+                native_runs = measured.get(native_name, {}).get(scenario.key, {})
                 native_backend = backend if backend in native_runs else "asyncio"
-                native = value(run.ray, on_ray.NATIVE, scenario.key, native_backend, metric.key)
+                native = value(measured, native_name, scenario.key, native_backend, metric.key)
                 found.append(
                     Comparison(
                         scenario,
                         metric,
                         backend,
-                        on_ray.ANYPOOL,
+                        anypool_name,
                         mine,
                         None
                         if native is None
-                        else on_ray.NATIVE
+                        else native_name
                         + ("" if native_backend == backend else f" ({native_backend})"),
                         native,
                     )
@@ -183,17 +197,19 @@ def summary(run: Run) -> str:
             f"{_number(c.best_value, c.metric.unit):>14s}  {c.ratio_text:6s} {c.best_peer or ''} "
             f"{_verdict(c)}"
         )
-    ray = ray_comparisons(run)
-    if ray:
-        lines.append(
-            f"{'Ray section':44s} {'loop':8s} {'anypool':>14s} {'Ray own API':>14s}  ratio"
-        )
-    for c in ray:
-        label = f"{c.scenario.key}: {c.metric.label}"
-        lines.append(
-            f"{label[:44]:44s} {c.backend:8s} {_number(c.value, c.metric.unit):>14s} "
-            f"{_number(c.best_value, c.metric.unit):>14s}  {c.ratio_text:6s} {_verdict(c)}"
-        )
+    for section in run.engine_sections():
+        found = engine_comparisons(run, section)
+        if found:
+            lines.append(
+                f"{section.engine + ' section':44s} {'loop':8s} {'anypool':>14s} "
+                f"{section.engine + ' own API':>14s}  ratio"
+            )
+        for c in found:
+            label = f"{c.scenario.key}: {c.metric.label}"
+            lines.append(
+                f"{label[:44]:44s} {c.backend:8s} {_number(c.value, c.metric.unit):>14s} "
+                f"{_number(c.best_value, c.metric.unit):>14s}  {c.ratio_text:6s} {_verdict(c)}"
+            )
     return "\n".join(lines)
 
 
@@ -273,12 +289,16 @@ def _today() -> str:
 
 
 def write(run: Run, output: Path) -> Path:
-    """Write ``benchmarks.md`` and its plots into ``output``; the page's path. A run of the Ray
-    section alone replaces the Ray section of a page that is there already, and only that."""
+    """Write ``benchmarks.md`` and its plots into ``output``; the page's path. A run of engine
+    sections alone (``--only ray``, ``--only dask``) replaces those sections of a page that is
+    there already, and only those (a section the page lacks goes at its end)."""
     output.mkdir(parents=True, exist_ok=True)
     page = output / "benchmarks.md"
-    if run.ray and not run.results and page.exists():
-        text = _replace_section(page.read_text(), RAY_HEADING, _ray_section(run))
+    measured_sections = run.engine_sections()
+    if measured_sections and not run.results and page.exists():
+        text = page.read_text()
+        for section in measured_sections:
+            text = _replace_section(text, section.heading, _engine_section(run, section))
         page.write_text(text.rstrip() + "\n")
         return page
     plots = output / "benchmarks"
@@ -299,12 +319,7 @@ def write(run: Run, output: Path) -> Path:
         ' method, `chunksize="auto"`); two more rows show it used otherwise where that is the'
         " point: `anypool (batches)` takes map's results with `results.batches()`, and"
         " `anypool (fork)` starts its workers with the fork start method (cold first call"
-        " only)."
-        + (
-            " The last section compares anypool's Ray backend with Ray's own API."
-            if run.ray
-            else ""
-        ),
+        " only)." + _engines_sentence(measured_sections),
         "",
         f"- Date: {today}{' (quick mode: sizes too small to mean much)' if run.quick else ''}",
         *_machine(),
@@ -319,7 +334,8 @@ def write(run: Run, output: Path) -> Path:
     ]
     if run.results:
         lines += _local_sections(run, plots)
-    lines += _ray_section(run)
+    for section in measured_sections:
+        lines += _engine_section(run, section)
     page.write_text("\n".join(lines).rstrip() + "\n")
     return page
 
@@ -360,16 +376,60 @@ def _local_sections(run: Run, plots: Path) -> list[str]:
     return lines
 
 
-RAY_HEADING = "## Ray backend: anypool on Ray against Ray's own API"
+def _engines_sentence(sections: list[EngineSection]) -> str:
+    """What the page's introduction says of its engine sections, if it has any."""
+    if not sections:
+        return ""
+    if len(sections) == 1:
+        engine = sections[0].engine
+        return f" The last section compares anypool's {engine} backend with {engine}'s own API."
+    names = " and ".join(section.engine for section in sections)
+    return (
+        f" The last {len(sections)} sections compare anypool's {names} backends with each"
+        " engine's own API."
+    )
 
 
-def _ray_section(run: Run) -> list[str]:
-    if not run.ray:
+RAY_HEADING = on_ray.SECTION.heading
+DASK_HEADING = on_dask.SECTION.heading
+
+
+def _engine_section(run: Run, section: EngineSection) -> list[str]:
+    """An engine section of the page: how it was measured, then anypool against the engine's
+    own API, scenario by scenario, and the errors, if any."""
+    measured = run.measured(section)
+    if not measured:
         return []
-    sizes = run.sizes
     lines = [
-        RAY_HEADING,
+        section.heading,
         "",
+        *_INTRODUCTIONS[section.group](run),
+        "",
+        f"| scenario | event loop | {section.anypool.name} | {section.native.name} | ratio"
+        " | goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c.scenario.title}: {c.metric.label} | {c.backend} | "
+        f"{_number(c.value, c.metric.unit)} | "
+        f"{_number(c.best_value, c.metric.unit)}"
+        f"{c.best_peer.removeprefix(section.native.name) if c.best_peer else ''} | "
+        f"{c.ratio_text} | {_verdict(c)} |"
+        for c in engine_comparisons(run, section)
+    ]
+    errors = [
+        f"- error: {name}, {key} ({backend}): {entry['error']}"
+        for name, results in measured.items()
+        for key, backends in results.items()
+        for backend, entry in backends.items()
+        if "error" in entry
+    ]
+    return [*lines, "", *errors, *([""] if errors else [])]
+
+
+def _ray_introduction(run: Run) -> list[str]:
+    sizes = run.sizes
+    return [
         "The same work through anypool's `RayBackend`"
         f" (`anypool.Pool(max_workers={run.workers}, backend=RayBackend())`) and through Ray's own"
         " API: a `@ray.remote(max_retries=0)` function per task function, its ref awaited"
@@ -385,7 +445,7 @@ def _ray_section(run: Run) -> list[str]:
         " anypool's trio figures are compared with Ray's own API on asyncio.",
         "",
         f"- Date: {_today()}{' (quick mode: sizes too small to mean much)' if run.quick else ''};"
-        f" Ray {on_ray.by_name(on_ray.NATIVE).version()}, a local Ray of {run.workers} CPUs;"
+        f" Ray {on_ray.SECTION.native.version()}, a local Ray of {run.workers} CPUs;"
         f" medians of {sizes.repeat} runs.",
         f"- Sizes: {sizes.round_trips} sequential calls for the round trip;"
         f" {sizes.ray_cancels} cancel-then-next-call cycles (a sleeping call cancelled once it"
@@ -393,26 +453,51 @@ def _ray_section(run: Run) -> list[str]:
         f" {sizes.ray_stream_items:,} streamed ints.",
         "- Goals: anypool's per-task overhead within 1.2x of Ray's own API (the round trip's"
         " median, the cancel-then-next-call cycle); its stream at least as fast as Ray's own.",
+    ]
+
+
+def _dask_introduction(run: Run) -> list[str]:
+    sizes = run.sizes
+    return [
+        "The same work through anypool's `DaskBackend`"
+        f" (`anypool.Pool(max_workers={run.workers}, backend=DaskBackend(client))` on a"
+        ' synchronous `Client`, its default `cancel="kill"`: each call runs in a child process'
+        " of its Dask worker, killed when the call is cancelled) and through Dask's own API on"
+        " an asynchronous `Client` (`Client(address, asynchronous=True)`):"
+        " `await client.submit(fn, *args, pure=False)`; a cancelled call's future cancelled with"
+        " `future.cancel()`, which does not stop a task that runs"
+        " ([dask/distributed#4694](https://github.com/dask/distributed/issues/4694)): the next"
+        " task on its worker waits until it ends by itself. Each contender ran in a fresh"
+        " interpreter, and each of its runs started a `LocalCluster` of its own"
+        f" (`n_workers={run.workers}, threads_per_worker=1, processes=True`, with"
+        " `distributed.scheduler.allowed-failures` 0), warmed it up before timing, and closed"
+        " it: neither measured with the other's warm workers. Dask's asynchronous client serves"
+        " asyncio only: anypool's trio figures are compared with Dask's own API on asyncio.",
         "",
-        "| scenario | event loop | anypool on Ray | Ray's own API | ratio | goal |",
-        "|---|---|---|---|---|---|",
+        f"- Date: {_today()}{' (quick mode: sizes too small to mean much)' if run.quick else ''};"
+        f" Dask distributed {on_dask.SECTION.native.version()}, a LocalCluster of"
+        f" {run.workers} workers; medians of {sizes.repeat} runs.",
+        f"- Sizes: {sizes.round_trips} sequential calls for the round trip;"
+        f" {sizes.dask_cancels} cancel-then-next-call cycles (every worker busy with a call that"
+        f" sleeps {on_dask.LONG_CALL_SECONDS:g} s, all of them cancelled once they run, so that"
+        " the next call has to use a worker whose call was cancelled; every worker free at the"
+        " start of each: the mean per cycle); under Dask's own API the next call waits for a"
+        " cancelled call to end, so its figure is about the sleep's length, whatever Dask does;"
+        f" {sizes.dask_stream_items:,} streamed ints, anypool's alone (Dask has no generator"
+        " tasks).",
+        "- Goal: anypool's per-task overhead within 1.2x of Dask's own `client.submit` (the"
+        " round trip's median). None for the cancel-then-next-call cycle (Dask's own figure is"
+        " the cancelled call's length) nor for the stream (nothing to compare with).",
+        "- Dask sends its messages in batches (a client's to the scheduler at most every 10 ms,"
+        " the scheduler's and the workers' every 2 to 5 ms): a no-op's round trip waits on them"
+        " under either contender. What anypool adds to a call (the call pickled, a pipe to its"
+        " child process and back, the wake-up from Dask's callback thread) comes on top of the"
+        " same waits.",
     ]
-    lines += [
-        f"| {c.scenario.title}: {c.metric.label} | {c.backend} | "
-        f"{_number(c.value, c.metric.unit)} | "
-        f"{_number(c.best_value, c.metric.unit)}"
-        f"{c.best_peer.removeprefix(on_ray.NATIVE) if c.best_peer else ''} | "
-        f"{c.ratio_text} | {_verdict(c)} |"
-        for c in ray_comparisons(run)
-    ]
-    errors = [
-        f"- error: {name}, {key} ({backend}): {entry['error']}"
-        for name, measured in run.ray.items()
-        for key, backends in measured.items()
-        for backend, entry in backends.items()
-        if "error" in entry
-    ]
-    return [*lines, "", *errors, *([""] if errors else [])]
+
+
+_INTRODUCTIONS = {on_ray.GROUP: _ray_introduction, on_dask.GROUP: _dask_introduction}
+"""What each engine section says of how it was measured, by group."""
 
 
 def _replace_section(text: str, heading: str, section: list[str]) -> str:

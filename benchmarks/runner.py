@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from benchmarks import contenders, on_ray, scenarios
+from benchmarks import contenders, engines, scenarios
 
 MEASUREMENT_TIMEOUT = {"quick": 60.0, "full": 600.0}
 """Seconds one scenario may take before it counts as failed."""
@@ -78,12 +78,12 @@ def measure(
 def main() -> None:
     name, workers, size, repeat = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     sizes = scenarios.sizes(size, repeat)
-    contender = on_ray.by_name(name) if name in on_ray.NAMES else contenders.by_name(name)
+    contender = engines.contender(name) or contenders.by_name(name)
     contenders.import_peer(contender)
     wanted = set(sys.argv[5:])
     chosen = [
         scenario
-        for scenario in [*scenarios.SCENARIOS, *on_ray.SCENARIOS]
+        for scenario in [*scenarios.SCENARIOS, *engines.SCENARIOS]
         if scenario.key in wanted and scenario.measure is not None and scenario.applies(contender)
     ]
     # Memory first: the other scenarios grow the parent.

@@ -6,6 +6,7 @@ A scenario returns its metrics as a dict of numbers; the runner repeats it and k
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import statistics
 import time
@@ -43,6 +44,11 @@ class Sizes:
     takes about a second for 5 000 of them."""
     ray_cancels: int
     """Cancel-then-next-call cycles per measurement in the Ray section (the median counts)."""
+    dask_cancels: int
+    """Cancel-then-next-call cycles per measurement in the Dask section: each lasts as long as
+    the cancelled calls under Dask's own API, which waits for them to end."""
+    dask_stream_items: int
+    """Items streamed in the Dask section."""
 
 
 FULL = Sizes(
@@ -60,6 +66,8 @@ FULL = Sizes(
     hold_seconds=0.2,
     ray_stream_items=20_000,
     ray_cancels=20,
+    dask_cancels=5,
+    dask_stream_items=20_000,
 )
 QUICK = Sizes(
     repeat=1,
@@ -76,6 +84,8 @@ QUICK = Sizes(
     hold_seconds=0.05,
     ray_stream_items=1_000,
     ray_cancels=3,
+    dask_cancels=2,
+    dask_stream_items=1_000,
 )
 
 
@@ -111,6 +121,43 @@ class Scenario:
     """``None``: measured by the runner itself (in fresh processes)."""
     applies: Callable[[Contender], bool]
     runs_on_trio: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSection:
+    """A section of the benchmark that compares anypool on an engine (Ray, Dask) with that
+    engine's own API, each run on a local instance of the engine that it starts itself
+    (``benchmarks/on_ray.py``, ``benchmarks/on_dask.py``; ``benchmarks/engines.py`` lists
+    them). Not part of ``--quick`` unless ``--only`` names it or one of its scenarios."""
+
+    group: str
+    """What ``--only`` takes for every scenario of the section (``"ray"``)."""
+    engine: str
+    """The engine's name in the report (``"Ray"``)."""
+    module: str
+    """What the engine's own API imports; the section runs where it is installed."""
+    extra: str
+    """anypool's extra that installs the engine (``pip install anypool[extra]``)."""
+    anypool: Contender
+    native: Contender
+    """The engine's own API, which ``anypool``'s figures are compared with."""
+    scenarios: tuple[Scenario, ...]
+
+    @property
+    def contenders(self) -> tuple[Contender, Contender]:
+        return self.anypool, self.native
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(scenario.key for scenario in self.scenarios)
+
+    @property
+    def heading(self) -> str:
+        """The heading of the section's part of the report."""
+        return f"## {self.engine} backend: {self.anypool.name} against {self.native.name}"
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
 
 
 async def warm_up(session: Session, workers: int, sizes: Sizes) -> list[int]:
@@ -234,7 +281,7 @@ async def cancel_then_next(session: Session, workers: int, sizes: Sizes) -> dict
 
 
 async def memory(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
-    import psutil
+    import psutil  # type: ignore[import-untyped, unused-ignore]
 
     parent = psutil.Process()
     before = parent.memory_info().rss

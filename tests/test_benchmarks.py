@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchmarks import contenders, on_ray, report, scenarios
+from benchmarks import contenders, on_dask, on_ray, report, scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,5 +71,35 @@ def test_the_ray_section_compares_anypool_on_ray_with_rays_own_api(tmp_path: Pat
                 native = " (asyncio)" if backend == "trio" else ""
                 row = rf"\| {re.escape(scenario.title)}: {re.escape(metric.label)} \| {backend} \| "
                 row += rf"{number} \| {number}{re.escape(native)} \| \d+\.\d\dx \|"
+                assert re.search(row, page), (row, page)
+                assert re.search(rf"^{scenario.key}: .* {backend} ", process.stdout, re.MULTILINE)
+
+
+@pytest.mark.dask
+@pytest.mark.timeout(300)
+def test_the_dask_section_compares_anypool_on_dask_with_dasks_own_api(tmp_path: Path) -> None:
+    # Its own LocalCluster, in the benchmark's processes (not the session's): each contender's
+    # process checks that none of that cluster's processes outlives its close.
+    process = run_benchmark("--quick", "--only", "dask", "--output", str(tmp_path), timeout=240)
+    assert process.returncode == 0, process.stderr
+    page = (tmp_path / "benchmarks.md").read_text()
+    assert report.DASK_HEADING in page
+    assert report.RAY_HEADING not in page
+    assert "error:" not in page, page
+    # No other section: --quick leaves the peers out once --only names the Dask section.
+    assert "## anypool against the best peer" not in page
+    number = r"[\d,]+(\.\d+)? (ms|items/s)"
+    native = on_dask.by_name(on_dask.NATIVE)
+    for scenario in on_dask.SCENARIOS:
+        for metric in scenario.metrics:
+            for backend in ("asyncio", "trio"):
+                # anypool ran on both event loops; Dask's own API on asyncio, which its trio row
+                # is compared with, in every scenario it has a way to run (not a generator's).
+                row = rf"\| {re.escape(scenario.title)}: {re.escape(metric.label)} \| {backend} \| "
+                if scenario.applies(native):
+                    suffix = " (asyncio)" if backend == "trio" else ""
+                    row += rf"{number} \| {number}{re.escape(suffix)} \| \d+\.\d\dx \|"
+                else:
+                    row += rf"{number} \| - \| - \|"
                 assert re.search(row, page), (row, page)
                 assert re.search(rf"^{scenario.key}: .* {backend} ", process.stdout, re.MULTILINE)
