@@ -1,5 +1,6 @@
-# Development tasks. `make test` and `make demo` create .venv on first use and reinstall it
-# whenever pyproject.toml changes. Override the interpreter with `make PYTHON=python3.12 ...`.
+# Development tasks. `make test` creates .venv on first use and reinstalls it whenever
+# pyproject.toml changes; `make demo` does the same with a light .venv-demo of its own.
+# Override the interpreter with `make PYTHON=python3.12 ...`.
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,14 +10,14 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: venv test test-ray test-dask test-under-load coverage lint soak bench demo clean
+.PHONY: venv test test-ray test-dask test-under-load test-pythons coverage lint soak bench demo docs clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,dev,bench,ray,dask]'
+	$(BIN)/python -m pip install -e '.[test,dev,bench,ray,dask,docs]'
 	touch $@
 
 test: venv
@@ -53,10 +54,11 @@ coverage: venv
 	$(BIN)/python -m coverage combine -q
 	$(BIN)/python -m coverage report
 
+# The examples are type-checked as users' code: with the library's own types, under --strict.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict src examples
 
 # The soak and fuzz tests at full size: 1 000 000 calls through one pool on each backend, and
 # many more random cancellation scenarios (about 15 minutes).
@@ -69,7 +71,9 @@ soak: venv
 # Where Ray is installed, the full run ends with the Ray section (about 5 minutes more): anypool
 # on Ray against Ray's own API, each starting a local Ray of its own. `make bench
 # BENCH_OPTIONS='--only ray'` runs that section alone and rewrites that section of the page only;
-# --quick leaves it out unless --only names it (`make test-ray` runs it quick).
+# --quick leaves it out unless --only names it (`make test-ray` runs it quick). The Dask section
+# follows the same way where Dask is installed (about 8 minutes more; `--only dask`; `make
+# test-dask` runs it quick).
 # pip compiles the bytecode of a wheel it installs, as it did the peers'; the editable source
 # tree here has none where PYTHONDONTWRITEBYTECODE is set, and each process (forkserver and
 # spawned workers included) would compile anypool again on import: compile it first.
@@ -77,10 +81,49 @@ bench: venv
 	$(BIN)/python -m compileall -q src
 	$(BIN)/python -m benchmarks $(BENCH_OPTIONS)
 
-demo: venv
-	$(BIN)/python examples/demo.py
+# The demo in a venv of its own with only what it imports (anypool, and trio for its second
+# half), so that `make demo` on a fresh machine takes seconds, not the full .venv's minutes.
+DEMO_VENV := .venv-demo
+
+$(DEMO_VENV)/.installed: pyproject.toml
+	test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -e . 'trio>=0.27'
+	touch $@
+
+demo: $(DEMO_VENV)/.installed
+	$(DEMO_VENV)/bin/python examples/demo.py
+
+# The documentation site, into site/ (open site/index.html): the pages of docs/ and an API
+# reference from the docstrings (mkdocs.yml). --strict: a warning (a broken link or anchor, a
+# docstring that does not parse) fails the build.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
+# The contract tests on the local backend (the modules marked usefixtures("contract_backend"),
+# less the `timing` tests) on each other Python anypool supports, each in a .venv-3.X of its own
+# with the test extra only; `make test` runs the whole suite on $(PYTHON) (python3: 3.11).
+# `make test-python-3.13` runs one of them.
+OTHER_PYTHONS := 3.10 3.12 3.13
+CONTRACT_TESTS = $(shell grep -l 'usefixtures("contract_backend")' tests/test_*.py)
+# python3.X that runs: the one on PATH, else pyenv's build (where PATH has pyenv's shim for it
+# but pyenv's global version is another).
+find_python = $(firstword $(foreach p,python$(1) $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/$(1).*/bin/python$(1)),$(shell $(p) -c '' 2>/dev/null && echo $(p))))
+
+test-pythons: $(addprefix test-python-,$(OTHER_PYTHONS))
+
+# (Kept between runs, not deleted as the intermediate files of a pattern rule.)
+.PRECIOUS: .venv-%/.installed
+
+test-python-%: .venv-%/.installed
+	.venv-$*/bin/python -m pytest -q -m "not ray and not dask and not timing" $(CONTRACT_TESTS)
+
+.venv-%/.installed: pyproject.toml
+	test -x .venv-$*/bin/python || $(or $(call find_python,$*),$(error python$* not found)) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --upgrade pip
+	.venv-$*/bin/python -m pip install -e '.[test]'
+	touch $@
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage .coverage.*
+	rm -rf $(VENV) $(DEMO_VENV) .venv-3.* site build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage .coverage.*
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +

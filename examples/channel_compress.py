@@ -15,7 +15,7 @@ import anyio
 import anypool
 
 
-def compress(channel: anypool.ChannelEnd, level: int) -> dict[str, int]:
+def compress(channel: anypool.ChannelEnd[bytes, bytes], level: int) -> dict[str, int]:
     """Runs in a worker: compress every chunk the parent sends, send the pieces back."""
     compressor = zlib.compressobj(level)
     size_in = size_out = 0

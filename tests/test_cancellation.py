@@ -233,6 +233,11 @@ async def test_with_options_view_shares_workers_and_lifecycle_with_the_pool() ->
         await assert_pool_serves(patient, pid)
         assert patient.stats() == pool.stats()
         assert patient.max_workers == pool.max_workers
+        # A view has no lifecycle: closing, joining, terminating are the pool's.
+        assert isinstance(patient, anypool.PoolView)
+        assert not isinstance(patient, anypool.Pool)
+        for lifecycle in ("close", "join", "terminate", "__aenter__", "__aexit__"):
+            assert not hasattr(patient, lifecycle)
         pool.close()
         with pytest.raises(anypool.PoolClosedError):
             await patient.run(workers.current_pid)

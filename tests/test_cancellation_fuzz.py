@@ -278,11 +278,12 @@ async def asynchronously(items: list[Any]) -> AsyncIterator[Any]:
 
 
 def open_results(pool: anypool.Pool, scenario: Scenario) -> Any:
-    view = pool.with_options(kill_on_cancel=scenario.kill_on_cancel, buffer=scenario.buffer)
     asynchronous = scenario.fn_kind == "async"
     if scenario.kind == "stream":
+        view = pool.with_options(buffer=scenario.buffer)
         steps = list(zip(scenario.sleeps, scenario.actions, strict=True))
         return view.stream(generate_async if asynchronous else generate, steps)
+    view = pool.with_options(kill_on_cancel=scenario.kill_on_cancel)
     items = list(zip(range(scenario.size), scenario.sleeps, scenario.actions, strict=True))
     fn: Callable[..., Any] = compute_async if asynchronous else compute
     source: Any = items

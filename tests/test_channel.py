@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -732,6 +733,7 @@ async def run_under_asyncio_timeout(victim: ChannelVictim) -> None:
             expiry.cancel()
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in Python 3.11")
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS, ids=ASYNCIO_BACKEND_IDS)
 async def test_asyncio_timeout_kills_the_worker(tmp_path) -> None:
     async with new_pool() as pool:

@@ -9,6 +9,7 @@ import os
 import pickle
 import signal
 import threading
+import traceback
 
 import anyio
 import psutil
@@ -70,6 +71,32 @@ async def test_exception_cause_is_the_remote_traceback() -> None:
     assert WORKERS_FILE in text
     assert "line " in text
     assert "ValueError: bad value" in text
+
+
+def frames_after_the_caller(error: BaseException) -> list[str]:
+    """The functions of ``error``'s traceback after this test's own frame."""
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [index for index, frame in enumerate(frames) if frame.filename == __file__]
+    return [frame.name for frame in frames[ours[-1] + 1 :]]
+
+
+async def test_the_callers_traceback_shows_its_own_frames_then_one_re_raise() -> None:
+    # Between the caller's line and the worker's traceback (the cause), no frame of anypool's
+    # machinery: the line that re-raises it, in the method the caller called.
+    async with contract_pool(1) as pool:
+        with pytest.raises(ValueError, match="bad value") as info:
+            await pool.run(workers.raise_value_error, "bad value")
+        assert frames_after_the_caller(info.value) == ["run"]
+        with pytest.raises(ValueError, match="bad value") as info:
+            async for _ in pool.map(workers.raise_value_error, ["bad value"]):
+                pass
+        assert frames_after_the_caller(info.value) == ["__anext__"]
+        if Feature.STREAM not in contract().unsupported:
+            with pytest.raises(workers.QuotaError) as info:
+                async for _ in pool.stream(workers.yield_then_raise_quota_error, "u", 1):
+                    pass
+            assert frames_after_the_caller(info.value) == ["__anext__"]
+        assert isinstance(info.value.__cause__, anypool.RemoteTraceback)
 
 
 async def test_exception_from_a_lambda_names_the_lambda_in_the_remote_traceback() -> None:

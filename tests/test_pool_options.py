@@ -168,6 +168,30 @@ def test_a_bad_option_raises_an_error_naming_it(
     assert str(info.value).startswith(message)
 
 
+@pytest.mark.anyio
+async def test_an_option_that_a_method_would_ignore_is_refused_naming_it() -> None:
+    async with contract_pool(1) as pool:
+        buffered = pool.with_options(buffer=8)
+        with pytest.raises(
+            ValueError,
+            match=r"^buffer was given by with_options\(\), and pool\.run does not take it "
+            r"\(it applies to pool\.stream and pool\.open_channel\)$",
+        ):
+            await buffered.run(workers.square, 2)
+        with pytest.raises(ValueError, match=r"and pool\.map does not take it"):
+            buffered.map(workers.square, [1])
+        patient = pool.with_options(kill_on_cancel=False)
+        with pytest.raises(
+            ValueError,
+            match=r"^kill_on_cancel was given by with_options\(\), and pool\.stream does not "
+            r"take it \(it applies to pool\.run and pool\.map\)$",
+        ):
+            patient.stream(workers.count_up, 3)
+        # Each method takes the options that apply to it, kept along the views made from it.
+        assert await patient.with_options(kill_on_cancel=True).run(workers.square, 3) == 9
+        assert [item async for item in buffered.stream(workers.count_up, 3)] == [0, 1, 2]
+
+
 BAD_MAP_ARGUMENTS = [
     ({"fn": 5}, TypeError, "fn must be callable, not 5"),
     ({"iterable": 5}, TypeError, "iterable must be an iterable or an async iterable, not 5"),

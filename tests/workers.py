@@ -326,7 +326,7 @@ class QuotaError(Exception):
 
 def _quota_error(user: str, used: int) -> QuotaError:
     error = QuotaError(f"{user} is over quota", user, used)
-    error.add_note(f"{used} units used")
+    error.__notes__ = [f"{used} units used"]  # error.add_note(...), which Python 3.10 lacks
     return error
 
 

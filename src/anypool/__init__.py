@@ -6,14 +6,15 @@ __all__ = [
     "START_METHODS",
     "AsyncChannelEnd",
     "BrokenWorkerError",
-    "CallOptions",
     "Channel",
     "ChannelEnd",
+    "Executor",
     "InitializerError",
     "MapResults",
     "Pool",
     "PoolClosedError",
     "PoolStats",
+    "PoolView",
     "Queue",
     "RemoteError",
     "RemoteTraceback",
@@ -23,6 +24,7 @@ __all__ = [
     "WorkerQueue",
     "cpu_count",
     "run",
+    "run_sync",
 ]
 
 if TYPE_CHECKING:
@@ -38,9 +40,11 @@ if TYPE_CHECKING:
         SerializationError,
         UnsupportedError,
     )
+    from ._executor import Executor
     from ._map import MapResults
-    from ._pool import START_METHODS, CallOptions, Pool
+    from ._pool import START_METHODS, Pool, PoolView
     from ._queue import Queue
+    from ._run_sync import run_sync
     from ._stats import PoolStats
     from ._stream import StreamResults
     from .backends.local.child.duplex import AsyncChannelEnd, ChannelEnd
@@ -58,6 +62,8 @@ else:
         "Queue": "._queue",
         "cpu_count": "._cpu",
         "run": "._default_pool",
+        "run_sync": "._run_sync",
+        "Executor": "._executor",
         "BrokenWorkerError": "._errors",
         "InitializerError": "._errors",
         "PoolClosedError": "._errors",
@@ -67,8 +73,8 @@ else:
         "UnsupportedError": "._errors",
         "MapResults": "._map",
         "START_METHODS": "._pool",
-        "CallOptions": "._pool",
         "Pool": "._pool",
+        "PoolView": "._pool",
         "PoolStats": "._stats",
         "StreamResults": "._stream",
     }

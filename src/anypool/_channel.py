@@ -6,7 +6,7 @@ import contextlib
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
 
 import anyio
 import anyio.abc
@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Channel"]
 
+# What this end sends to the function, and what it receives from it.
+SendT = TypeVar("SendT", contravariant=True)
+ReceiveT = TypeVar("ReceiveT", covariant=True)
 
-class Channel(anyio.abc.ObjectStream[Any]):
+
+class Channel(anyio.abc.ObjectStream[Any], Generic[SendT, ReceiveT]):
     """The parent's end of a channel to a function running in a worker, from
     :meth:`Pool.open_channel`: an anyio object stream.
 
@@ -29,6 +33,14 @@ class Channel(anyio.abc.ObjectStream[Any]):
     ``await receive()`` (or ``async for``) returns what the function sends, and signals the end
     (``anyio.EndOfStream``) once the function returned, or raises what it raised.
     :meth:`send_eof` ends the function's ``recv`` loop; :meth:`result` waits for its return value.
+
+    ``Channel[SendT, ReceiveT]`` sends ``SendT`` items to the function and receives
+    ``ReceiveT`` items from it: each end names what it sends first, so a function that takes a
+    ``ChannelEnd[int, str]`` (it sends ints, receives strs) gives a ``Channel[str, int]``.
+
+    The methods have anyio's names (``receive``, ``send_eof``, ``aclose``): this end is an
+    :class:`anyio.abc.ObjectStream` and goes where one does. The worker's end keeps
+    :mod:`multiprocessing`'s (``recv``), as code written for a Pipe expects.
 
     Any task may use the channel; receiving, sending and closing are safe from several at once.
     """
@@ -65,7 +77,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
 
     # --- the stream ----------------------------------------------------------------------------
 
-    async def send(self, item: Any) -> None:
+    async def send(self, item: SendT) -> None:
         """Send ``item`` to the function, waiting while it has ``buffer`` items to take.
 
         Raises:
@@ -91,7 +103,7 @@ class Channel(anyio.abc.ObjectStream[Any]):
             self._credit += 1
             raise
 
-    async def receive(self) -> Any:
+    async def receive(self) -> ReceiveT:
         """The next item the function sent, waiting for it.
 
         Raises:
@@ -107,7 +119,8 @@ class Channel(anyio.abc.ObjectStream[Any]):
         if self._closing or not self._inbox:
             self._raise_end(receiving=True)
         self._taken += 1
-        return load_result(self._inbox.popleft(), self._fn)
+        item: ReceiveT = load_result(self._inbox.popleft(), self._fn)
+        return item
 
     async def send_eof(self) -> None:
         """Tell the function that nothing more will be sent: its ``recv`` raises ``EOFError``
@@ -157,7 +170,18 @@ class Channel(anyio.abc.ObjectStream[Any]):
                 # It had kill_grace to return after the close: no second grace for SIGTERM.
                 await self._kill(at_once=True)
 
-    async def __aenter__(self) -> Channel:
+    def __aiter__(self) -> Channel[SendT, ReceiveT]:
+        return self
+
+    async def __anext__(self) -> ReceiveT:
+        """The next item the function sent; the iteration ends once it returned."""
+        # As anyio's, typed as the items received (the base class is an ObjectStream of Any).
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Channel[SendT, ReceiveT]:
         """Start the function in a worker."""
         if self._progress is not None:
             raise RuntimeError("this channel was already opened")

@@ -161,3 +161,14 @@ for _cls in (
 ):
     _cls.__module__ = "anypool"
 del _cls
+
+
+def raised_in_worker(error: BaseException) -> bool:
+    """Whether ``error`` was raised by the user's code in a worker: its causes end in the
+    worker's :class:`RemoteTraceback`."""
+    cause = error.__cause__
+    while cause is not None:
+        if isinstance(cause, RemoteTraceback):
+            return True
+        cause = cause.__cause__
+    return False

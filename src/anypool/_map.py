@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import anyio
 
 from ._arguments import check_callable, check_count, check_flag, check_iterable
+from ._errors import raised_in_worker
 from ._eventloop import checkpoint, spawn_detached
 from ._results import ResultIterator
 from ._serialize import load_error
@@ -99,7 +100,13 @@ class MapResults(ResultIterator[T]):
         result: T = next(self._run.ready, _NONE)
         if result is _NONE:
             # Awaited outside an except block: errors from it get no StopIteration context.
-            result = await self._run.next()
+            try:
+                result = await self._run.next()
+            except Exception as error:
+                if not raised_in_worker(error):
+                    raise
+                # (As in Pool.run: the caller's line, then the worker's traceback.)
+                raise error.with_traceback(None) from error.__cause__
         return result
 
 

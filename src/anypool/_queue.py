@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import queue
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 
@@ -17,15 +17,32 @@ __all__ = ["Queue"]
 
 T = TypeVar("T")
 
+if TYPE_CHECKING:
+    # A type checker sees a Queue as what a worker receives in its place, so that the one
+    # annotation a worker function's parameter needs, `WorkerQueue[T]`, accepts the `Queue[T]`
+    # the parent passes to `run` (whose argument types follow the function's). Only the checker
+    # sees this base: at run time a Queue is no WorkerQueue, and pickling turns it into one.
+    # Where the two differ (put and get are awaited here and block there; iteration; pickling)
+    # the overrides below are marked: parent code that holds a Queue as a WorkerQueue is the
+    # one thing the checker no longer catches.
+    _QueueBase = WorkerQueue
+else:
+    _QueueBase = Generic
 
-class Queue(Generic[T]):
+
+class Queue(_QueueBase[T]):
     """A FIFO queue that the parent awaits and calls running in workers use, blocking.
 
     Pass it as an argument (or inside one) to :meth:`Pool.run`, :meth:`Pool.map`,
-    :meth:`Pool.stream` or :meth:`Pool.open_channel`: in the worker it has ``put``, ``get``,
-    their ``_nowait`` forms and iteration, as :class:`multiprocessing.Queue`. The items stay in
-    this process and travel over the workers' own pipes: there is no feeder thread, no lock
-    shared between processes, and a worker killed mid-``put`` cannot leave the queue broken.
+    :meth:`Pool.stream` or :meth:`Pool.open_channel`: in the worker it is a
+    :class:`WorkerQueue`, with ``put``, ``get``, their ``_nowait`` forms and iteration, as
+    :class:`multiprocessing.Queue`. The items stay in this process and travel over the workers'
+    own pipes: there is no feeder thread, no lock shared between processes, and a worker killed
+    mid-``put`` cannot leave the queue broken.
+
+    Typing: annotate the worker function's parameter ``WorkerQueue[T]`` and pass it a
+    ``Queue[T]``; type checkers accept a ``Queue[T]`` wherever a ``WorkerQueue[T]`` is expected.
+    (In the parent, use the queue as a ``Queue``: its ``put`` and ``get`` are awaited.)
 
     Args:
         maxsize: the most items the queue holds; ``put`` waits for room beyond it. ``0`` (the
@@ -42,7 +59,7 @@ class Queue(Generic[T]):
         # A call carries the id, not the queue.
         self._id = register_queue(self)
 
-    async def put(self, item: T) -> None:
+    async def put(self, item: T) -> None:  # type: ignore[override]
         """Put ``item`` in the queue, waiting while it is full.
 
         Raises:
@@ -63,7 +80,7 @@ class Queue(Generic[T]):
         except anyio.WouldBlock:
             raise queue.Full from None
 
-    async def get(self) -> T:
+    async def get(self) -> T:  # type: ignore[override]
         """Take the next item, waiting for one.
 
         Raises:
@@ -98,6 +115,10 @@ class Queue(Generic[T]):
     def full(self) -> bool:
         return 0 < self.maxsize <= self.qsize()
 
+    # Not iterable in the parent (`async for` is): this tells the type checker, which
+    # otherwise takes WorkerQueue's `__iter__`.
+    __iter__ = None  # type: ignore[assignment]
+
     def __aiter__(self) -> Queue[T]:
         return self
 
@@ -108,7 +129,7 @@ class Queue(Generic[T]):
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
-    def __reduce__(self) -> tuple[type[WorkerQueue[T]], tuple[int, int]]:
+    def __reduce__(self) -> tuple[type[WorkerQueue[T]], tuple[int, int]]:  # type: ignore[override]
         # What a worker receives: a handle that asks this process for each operation, over the
         # worker's pipe to it; a backend without such pipes refuses it here.
         require_while_pickling(Feature.QUEUE)

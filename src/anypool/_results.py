@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
+from ._errors import raised_in_worker
+
 __all__ = ["ResultIterator", "ResultSource"]
 
 T = TypeVar("T")
@@ -58,7 +60,13 @@ class ResultIterator(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
-        result: T = await self._source.next()
+        try:
+            result: T = await self._source.next()
+        except Exception as error:
+            if not raised_in_worker(error):
+                raise
+            # (As in Pool.run: the caller's line, then the worker's traceback.)
+            raise error.with_traceback(None) from error.__cause__
         return result
 
     async def aclose(self) -> None:

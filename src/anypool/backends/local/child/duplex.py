@@ -15,7 +15,7 @@ import select
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ...._serialize import Payload, dumps_item, loads
 from .. import framing, wire
@@ -28,6 +28,11 @@ _READABLE = select.POLLIN
 _READABLE_OR_WRITABLE = select.POLLIN | select.POLLOUT
 
 Steps = Generator[int, None, Any]
+
+# An end's types, from its own side: what it sends, what it receives. The parent's end
+# (anypool.Channel) names the same two the other way round.
+SendT = TypeVar("SendT", contravariant=True)
+ReceiveT = TypeVar("ReceiveT", covariant=True)
 
 
 class ChannelState:
@@ -176,12 +181,20 @@ async def _wait(fd: int, events: int, event_loop: str) -> None:
             loop.remove_writer(fd)
 
 
-class ChannelEnd:
+class ChannelEnd(Generic[SendT, ReceiveT]):
     """The worker's end of a channel opened with ``pool.open_channel``, for plain functions.
 
     Like one end of :func:`multiprocessing.Pipe`: :meth:`send`, :meth:`recv`, :meth:`poll`, and
     iteration over the items the parent sends. Both directions hold back: ``send`` waits while
     the parent has not taken ``buffer`` earlier items. Use it from the thread that runs the call.
+
+    ``ChannelEnd[SendT, ReceiveT]`` sends ``SendT`` items to the parent and receives
+    ``ReceiveT`` items from it; the parent's end is then a ``Channel[ReceiveT, SendT]``: each
+    end names what it sends first.
+
+    The methods have :mod:`multiprocessing`'s names (``recv``, not the parent's ``receive``):
+    code written for an end of a :func:`multiprocessing.Pipe` runs on this end unchanged, as
+    the parent's end keeps the names of the anyio stream it is.
     """
 
     __slots__ = ("_channel",)
@@ -189,7 +202,7 @@ class ChannelEnd:
     def __init__(self, channel: ChannelState) -> None:
         self._channel = channel
 
-    def send(self, item: Any) -> None:
+    def send(self, item: SendT) -> None:
         """Send ``item`` to the parent, waiting while it has ``buffer`` items to take.
 
         Raises:
@@ -198,13 +211,14 @@ class ChannelEnd:
         """
         run_blocking(self._channel.pipe, self._channel.send(item))
 
-    def recv(self) -> Any:
+    def recv(self) -> ReceiveT:
         """The next item from the parent, waiting for it.
 
         Raises:
             EOFError: the parent closed its side (``send_eof()`` or ``aclose()``).
         """
-        return run_blocking(self._channel.pipe, self._channel.recv())
+        item: ReceiveT = run_blocking(self._channel.pipe, self._channel.recv())
+        return item
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether :meth:`recv` would return without waiting, waiting up to ``timeout``
@@ -218,7 +232,7 @@ class ChannelEnd:
             channel.pipe.wait(_READABLE, remaining)
         return True
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[ReceiveT]:
         """The parent's items until it closes its side."""
         while True:
             try:
@@ -230,9 +244,10 @@ class ChannelEnd:
         return "<anypool.ChannelEnd>"
 
 
-class AsyncChannelEnd:
-    """The worker's end of a channel for ``async def`` functions: as :class:`ChannelEnd`, with
-    awaitable methods that let the worker's event loop run other tasks while they wait."""
+class AsyncChannelEnd(Generic[SendT, ReceiveT]):
+    """The worker's end of a channel for ``async def`` functions: as :class:`ChannelEnd`
+    (same type parameters, same names), with awaitable methods that let the worker's event
+    loop run other tasks while they wait."""
 
     __slots__ = ("_channel", "_event_loop")
 
@@ -240,18 +255,19 @@ class AsyncChannelEnd:
         self._channel = channel
         self._event_loop = event_loop
 
-    async def send(self, item: Any) -> None:
+    async def send(self, item: SendT) -> None:
         """As :meth:`ChannelEnd.send`."""
         await run_async(self._channel.pipe, self._channel.send(item), self._event_loop)
 
-    async def recv(self) -> Any:
+    async def recv(self) -> ReceiveT:
         """As :meth:`ChannelEnd.recv`."""
-        return await run_async(self._channel.pipe, self._channel.recv(), self._event_loop)
+        item: ReceiveT = await run_async(self._channel.pipe, self._channel.recv(), self._event_loop)
+        return item
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[ReceiveT]:
         return self._items()
 
-    async def _items(self) -> AsyncIterator[Any]:
+    async def _items(self) -> AsyncIterator[ReceiveT]:
         while True:
             try:
                 yield await self.recv()

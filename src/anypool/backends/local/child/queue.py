@@ -20,6 +20,10 @@ class WorkerQueue(Generic[T]):
 
     The items live in the parent; each operation is a request over the worker's pipe, which the
     parent answers when the operation can complete. Use it from the thread that runs the call.
+
+    Annotate the worker function's parameter ``WorkerQueue[T]`` and pass the call the parent's
+    ``Queue[T]``: type checkers take a ``Queue[T]`` for a ``WorkerQueue[T]``, as the worker
+    receives one in its place.
     """
 
     __slots__ = ("_id", "maxsize")

@@ -146,7 +146,9 @@ def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
         fn, args, kwargs, event_loop, buffer = load_call(payload)
         channel = ChannelState(pipe, buffer)
         run_blocking(pipe, channel.start(buffer))
-        end = AsyncChannelEnd(channel, event_loop) if is_async(fn) else ChannelEnd(channel)
+        end: AsyncChannelEnd[Any, Any] | ChannelEnd[Any, Any] = (
+            AsyncChannelEnd(channel, event_loop) if is_async(fn) else ChannelEnd(channel)
+        )
         outcome = pickle_outcome(fn, call_fn(fn, (end, *args), kwargs, event_loop))
     except CallNotLoaded as failure:
         outcome = wire.ERROR, failure.report
