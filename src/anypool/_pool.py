@@ -21,7 +21,7 @@ from .backends._base import Backend, Call, Feature
 from .backends.local.backend import START_METHODS, LocalBackend
 from .backends.local.child.duplex import AsyncChannelEnd, ChannelEnd
 
-__all__ = ["START_METHODS", "CallOptions", "Pool", "PoolStats"]
+__all__ = ["START_METHODS", "CallOptions", "Pool", "PoolStats", "PoolView"]
 
 # The local backend's options, which another backend refuses, with their defaults.
 _LOCAL_DEFAULTS: dict[str, Any] = {
