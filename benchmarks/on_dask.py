@@ -44,7 +44,14 @@ import anyio.to_thread
 import anypool
 from benchmarks import tasks
 from benchmarks.contenders import AnypoolOnEngineSession, Contender, Session
-from benchmarks.scenarios import EngineSection, Metric, Scenario, Sizes, sequential_no_ops
+from benchmarks.scenarios import (
+    EngineSection,
+    Metric,
+    Scenario,
+    Sizes,
+    engine_round_trip,
+    engine_stream_throughput,
+)
 
 ANYPOOL = "anypool on Dask"
 NATIVE = "Dask's own API"
@@ -184,12 +191,6 @@ CONTENDERS: list[Contender] = [
 # --- the scenarios -----------------------------------------------------------------------------
 
 
-async def round_trip(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
-    """Sequential calls of a no-op: milliseconds per call."""
-    await session.warm_up(workers, sizes.hold_seconds)
-    return await sequential_no_ops(session, sizes.round_trips, unit=1e3)
-
-
 async def cancel_then_next(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
     """Every worker busy with a long call (a sleep of ``LONG_CALL_SECONDS``), all of them
     cancelled once they run, then a no-op: milliseconds from the cancellation to the no-op's
@@ -223,15 +224,6 @@ async def cancel_then_next(session: Session, workers: int, sizes: Sizes) -> dict
     return {"mean": statistics.mean(samples[1:]) * 1e3}
 
 
-async def stream_throughput(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
-    """Items a generator in a task yields, read one by one: items per second."""
-    await session.warm_up(1, sizes.hold_seconds)
-    await session.stream_count(100)  # the generator's function reaches a worker
-    started = time.perf_counter()
-    await session.stream_count(sizes.dask_stream_items)
-    return {"rate": sizes.dask_stream_items / (time.perf_counter() - started)}
-
-
 def _on_dask(contender: Contender) -> bool:
     return contender in CONTENDERS
 
@@ -244,7 +236,7 @@ SCENARIOS: list[Scenario] = [
             Metric("median", "median per call", "ms", "lower", goal=1.2),
             Metric("p99", "p99 per call", "ms", "lower"),
         ),
-        round_trip,
+        engine_round_trip,
         _on_dask,
     ),
     Scenario(
@@ -260,7 +252,7 @@ SCENARIOS: list[Scenario] = [
         "Items a generator in a task yields",
         # anypool's alone: Dask has no generator tasks.
         (Metric("rate", "items per second", "items/s", "higher"),),
-        stream_throughput,
+        engine_stream_throughput(lambda sizes: sizes.dask_stream_items),
         lambda contender: contender.name == ANYPOOL,
     ),
 ]

@@ -30,7 +30,14 @@ import anyio
 import anypool
 from benchmarks import tasks
 from benchmarks.contenders import AnypoolOnEngineSession, Contender, Session
-from benchmarks.scenarios import EngineSection, Metric, Scenario, Sizes, sequential_no_ops
+from benchmarks.scenarios import (
+    EngineSection,
+    Metric,
+    Scenario,
+    Sizes,
+    engine_round_trip,
+    engine_stream_throughput,
+)
 
 ANYPOOL = "anypool on Ray"
 NATIVE = "Ray's own API"
@@ -147,12 +154,6 @@ CONTENDERS: list[Contender] = [
 # --- the scenarios -----------------------------------------------------------------------------
 
 
-async def round_trip(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
-    """Sequential calls of a no-op: milliseconds per call."""
-    await session.warm_up(workers, sizes.hold_seconds)
-    return await sequential_no_ops(session, sizes.round_trips, unit=1e3)
-
-
 async def cancel_then_next(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
     """A long call, cancelled once it runs (its task killed, Ray's confirmation awaited), then a
     no-op: milliseconds from the cancellation to the no-op's result, the mean of
@@ -181,15 +182,6 @@ async def cancel_then_next(session: Session, workers: int, sizes: Sizes) -> dict
     return {"mean": statistics.mean(samples[1:]) * 1e3}
 
 
-async def stream_throughput(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
-    """Items a generator in a task yields, read one by one: items per second."""
-    await session.warm_up(1, sizes.hold_seconds)
-    await session.stream_count(100)  # the generator's function reaches a worker
-    started = time.perf_counter()
-    await session.stream_count(sizes.ray_stream_items)
-    return {"rate": sizes.ray_stream_items / (time.perf_counter() - started)}
-
-
 def _on_ray(contender: Contender) -> bool:
     return contender in CONTENDERS
 
@@ -202,7 +194,7 @@ SCENARIOS: list[Scenario] = [
             Metric("median", "median per call", "ms", "lower", goal=1.2),
             Metric("p99", "p99 per call", "ms", "lower"),
         ),
-        round_trip,
+        engine_round_trip,
         _on_ray,
     ),
     Scenario(
@@ -216,7 +208,7 @@ SCENARIOS: list[Scenario] = [
         "ray_stream",
         "Items a generator in a task yields",
         (Metric("rate", "items per second", "items/s", "higher", goal=1.0),),
-        stream_throughput,
+        engine_stream_throughput(lambda sizes: sizes.ray_stream_items),
         _on_ray,
     ),
 ]

@@ -183,6 +183,27 @@ async def sequential_no_ops(session: Session, count: int, *, unit: float) -> dic
     }
 
 
+async def engine_round_trip(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+    """An engine section's sequential calls of a no-op: milliseconds per call."""
+    await session.warm_up(workers, sizes.hold_seconds)
+    return await sequential_no_ops(session, sizes.round_trips, unit=1e3)
+
+
+def engine_stream_throughput(items: Callable[[Sizes], int]) -> Measure:
+    """An engine section's scenario: the ``items(sizes)`` items a generator in a task yields,
+    read one by one: items per second."""
+
+    async def measure(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+        count = items(sizes)
+        await session.warm_up(1, sizes.hold_seconds)
+        await session.stream_count(100)  # the generator's function reaches a worker
+        started = time.perf_counter()
+        await session.stream_count(count)
+        return {"rate": count / (time.perf_counter() - started)}
+
+    return measure
+
+
 async def concurrent_calls(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
     await warm_up(session, workers, sizes)
     started = time.perf_counter()
