@@ -30,25 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
-import tempfile
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 import anypool
-from benchmarks import tasks
 from benchmarks.contenders import AnypoolOnEngineSession, Contender, Session
 from benchmarks.scenarios import (
     EngineSection,
     Metric,
     Scenario,
-    Sizes,
+    engine_cancel_then_next,
     engine_round_trip,
     engine_stream_throughput,
 )
@@ -191,37 +186,15 @@ CONTENDERS: list[Contender] = [
 # --- the scenarios -----------------------------------------------------------------------------
 
 
-async def cancel_then_next(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
-    """Every worker busy with a long call (a sleep of ``LONG_CALL_SECONDS``), all of them
-    cancelled once they run, then a no-op: milliseconds from the cancellation to the no-op's
-    result, the mean of ``sizes.dask_cancels`` cycles after one more that warms up.
-
-    Every worker is busy, so that the no-op has to run on a worker whose call was cancelled:
-    with a worker idle, Dask's own API would send it there and never show what its
-    cancellation leaves behind. Under Dask's own API the cancelled calls run on, and the no-op
-    waits until one ends by itself: its figure is about ``LONG_CALL_SECONDS``, whatever Dask
-    does. anypool kills the calls' child processes, and the no-op's Dask worker starts a new
-    one for it (an interpreter, and anypool's worker-side imports). Every cycle starts with all
-    workers free (a warm-up between cycles).
-    """
-    samples = []
-    with tempfile.TemporaryDirectory(prefix="anypool-bench-") as directory:
-        for cycle in range(sizes.dask_cancels + 1):
-            await session.warm_up(workers, sizes.hold_seconds)
-            markers = [Path(directory, f"running-{cycle}-{n}") for n in range(workers)]
-            async with anyio.create_task_group() as group:
-                for marker in markers:
-                    group.start_soon(
-                        session.run, tasks.mark_then_sleep, str(marker), LONG_CALL_SECONDS
-                    )
-                # (Stats, microseconds: not worth a thread.)
-                while not all(marker.exists() for marker in markers):
-                    await anyio.sleep(0.001)
-                started = time.perf_counter()
-                group.cancel_scope.cancel()
-            await session.run(tasks.noop)
-            samples.append(time.perf_counter() - started)
-    return {"mean": statistics.mean(samples[1:]) * 1e3}
+# Cancel the call on every worker, then the next call: every worker is busy, so that the no-op
+# has to run on a worker whose call was cancelled (with a worker idle, Dask's own API would send
+# it there and never show what its cancellation leaves behind). Under Dask's own API the
+# cancelled calls run on, and the no-op waits until one ends by itself: its figure is about
+# LONG_CALL_SECONDS, whatever Dask does. anypool kills the calls' child processes, and the
+# no-op's Dask worker starts a new one for it (an interpreter, and anypool's worker-side imports).
+cancel_then_next = engine_cancel_then_next(
+    lambda sizes: sizes.dask_cancels, LONG_CALL_SECONDS, every_worker=True
+)
 
 
 def _on_dask(contender: Contender) -> bool:

@@ -17,12 +17,8 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-import statistics
-import tempfile
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,7 +30,7 @@ from benchmarks.scenarios import (
     EngineSection,
     Metric,
     Scenario,
-    Sizes,
+    engine_cancel_then_next,
     engine_round_trip,
     engine_stream_throughput,
 )
@@ -154,32 +150,15 @@ CONTENDERS: list[Contender] = [
 # --- the scenarios -----------------------------------------------------------------------------
 
 
-async def cancel_then_next(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
-    """A long call, cancelled once it runs (its task killed, Ray's confirmation awaited), then a
-    no-op: milliseconds from the cancellation to the no-op's result, the mean of
-    ``sizes.ray_cancels`` cycles after one more that warms up.
-
-    Every cycle starts with all workers up (a warm-up between cycles), so that the next call
-    never waits for Ray to start a successor to the killed worker (some 350 ms here). It may
-    still land on that successor, fresh, which loads the called function (and, under anypool,
-    anypool's worker-side code) first: a cycle in two, here. The mean counts both kinds of
-    cycle as they come; a median would fall on either.
-    """
-    samples = []
-    with tempfile.TemporaryDirectory(prefix="anypool-bench-") as directory:
-        for cycle in range(sizes.ray_cancels + 1):
-            await session.warm_up(workers, sizes.hold_seconds)
-            marker = Path(directory, f"running-{cycle}")
-            async with anyio.create_task_group() as group:
-                group.start_soon(session.run, tasks.mark_then_sleep, str(marker), LONG_CALL_SECONDS)
-                # (A stat, microseconds: not worth a thread.)
-                while not marker.exists():  # noqa: ASYNC240
-                    await anyio.sleep(0.001)
-                started = time.perf_counter()
-                group.cancel_scope.cancel()
-            await session.run(tasks.noop)
-            samples.append(time.perf_counter() - started)
-    return {"mean": statistics.mean(samples[1:]) * 1e3}
+# Cancel a running call (its worker killed, Ray's confirmation awaited), then the next call.
+# The warm-up between cycles has all workers up, so that the next call never waits for Ray to
+# start a successor to the killed worker (some 350 ms here). It may still land on that
+# successor, fresh, which loads the called function (and, under anypool, anypool's worker-side
+# code) first: a cycle in two, here. The mean counts both kinds of cycle as they come; a median
+# would fall on either.
+cancel_then_next = engine_cancel_then_next(
+    lambda sizes: sizes.ray_cancels, LONG_CALL_SECONDS, every_worker=False
+)
 
 
 def _on_ray(contender: Contender) -> bool:

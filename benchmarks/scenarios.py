@@ -9,8 +9,10 @@ import dataclasses
 import importlib.util
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -200,6 +202,39 @@ def engine_stream_throughput(items: Callable[[Sizes], int]) -> Measure:
         started = time.perf_counter()
         await session.stream_count(count)
         return {"rate": count / (time.perf_counter() - started)}
+
+    return measure
+
+
+def engine_cancel_then_next(
+    cycles: Callable[[Sizes], int], seconds: float, *, every_worker: bool
+) -> Measure:
+    """An engine section's scenario: a call sleeping ``seconds`` (on every worker where
+    ``every_worker``, so that the next call cannot go to an idle one), cancelled once it runs,
+    then a no-op: milliseconds from the cancellation to the no-op's result, the mean of
+    ``cycles(sizes)`` cycles after one more that warms up. Every cycle starts with all workers
+    up and free (a warm-up between cycles)."""
+
+    async def measure(session: Session, workers: int, sizes: Sizes) -> dict[str, float]:
+        samples = []
+        with tempfile.TemporaryDirectory(prefix="anypool-bench-") as directory:
+            for cycle in range(cycles(sizes) + 1):
+                await session.warm_up(workers, sizes.hold_seconds)
+                markers = [
+                    Path(directory, f"running-{cycle}-{n}")
+                    for n in range(workers if every_worker else 1)
+                ]
+                async with anyio.create_task_group() as group:
+                    for marker in markers:
+                        group.start_soon(session.run, tasks.mark_then_sleep, str(marker), seconds)
+                    # (Stats, microseconds: not worth a thread.)
+                    while not all(marker.exists() for marker in markers):
+                        await anyio.sleep(0.001)
+                    started = time.perf_counter()
+                    group.cancel_scope.cancel()
+                await session.run(tasks.noop)
+                samples.append(time.perf_counter() - started)
+        return {"mean": statistics.mean(samples[1:]) * 1e3}
 
     return measure
 
