@@ -72,9 +72,15 @@ class Comparison:
         return self.anypool_row.removeprefix("anypool")
 
     @property
+    def goal(self) -> float | None:
+        """What this anypool row aims for (see Metric.goal)."""
+        variant = self.variant.strip(" ()")
+        return dict(self.metric.variant_goals).get(variant, self.metric.goal)
+
+    @property
     def met(self) -> bool | None:
         measured = self.value if self.metric.absolute else self.ratio
-        goal = self.metric.goal
+        goal = self.goal
         if measured is None or goal is None:
             return None
         return measured <= goal if self.metric.better == "lower" else measured >= goal
@@ -172,7 +178,7 @@ def _number(x: float | None, unit: str = "", *, with_unit: bool = True) -> str:
 
 
 def _verdict(comparison: Comparison) -> str:
-    goal = comparison.metric.goal
+    goal = comparison.goal
     if goal is None or comparison.met is None:
         return ""
     sign = "≤" if comparison.metric.better == "lower" else "≥"
