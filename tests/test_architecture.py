@@ -1,6 +1,7 @@
 """The shape docs/architecture.md describes, checked: no import circle between anypool's modules,
 no class too long to read, front ends that reach workers only through the backend protocol,
-and a worker side that imports neither anyio nor trio."""
+and a worker side that imports neither anyio nor trio, nor, as it starts, what only some calls
+need."""
 
 from __future__ import annotations
 
@@ -149,3 +150,39 @@ def test_the_worker_side_imports_neither_anyio_nor_trio() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == "[]"
+
+
+WORKER_STARTS_WITHOUT = [
+    "cloudpickle",
+    "typing",
+    "dataclasses",
+    "inspect",
+    "logging",
+    "ast",
+    "dis",
+    "tokenize",
+    "platform",
+    "uuid",
+    "pickletools",
+    "traceback",
+    "anyio",
+]
+"""Modules that importing the worker module must not import: each worker process (and the
+forkserver, which preloads it) would pay milliseconds at every start for what only some calls
+need (a function pickled by value, an error to report, a channel), which import them then."""
+
+
+def test_the_worker_module_imports_only_what_every_worker_needs() -> None:
+    # Only what the import itself adds: the interpreter may start with some of them loaded (a
+    # coverage hook), which is no cost of the worker module's.
+    script = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import anypool.backends.local.child.worker\n"
+        f"print(*[m for m in {WORKER_STARTS_WITHOUT!r} if m in set(sys.modules) - before])"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    imported = output.split()
+    assert not imported, f"importing the worker module imports {imported}"

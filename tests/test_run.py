@@ -411,26 +411,81 @@ APP_MAIN = """
 
 
 @pytest.mark.backends("local")
-def test_a_main_module_run_with_dash_m_is_imported_once_for_every_forkserver_worker(
-    tmp_path,
+@pytest.mark.parametrize("run_as", ["module", "script"])
+def test_what_the_main_module_imports_is_imported_once_for_every_forkserver_worker(
+    run_as: str, tmp_path
 ) -> None:
     # Workers under the forkserver import the main module again (for the functions it
     # defines): what the main module imports must come preloaded from the forkserver, not be
-    # imported again in each worker; and a module that cannot be imported there (it wants
-    # the application's command line) must not stop the forkserver.
-    (tmp_path / "app").mkdir()
-    (tmp_path / "app" / "__init__.py").write_text("")
-    write_script(tmp_path / "app", HEAVY_IMPORT, name="heavy.py")
-    write_script(tmp_path / "app", NEEDS_ITS_COMMAND_LINE, name="settings.py")
-    write_script(tmp_path / "app", APP_MAIN, name="main.py")
-    output = run_module(tmp_path, "app.main", "--go")
+    # imported again in each worker, whether it was run with -m or as a script (which
+    # multiprocessing means to preload, but does not); and a module that cannot be imported
+    # there (it wants the application's command line) must not stop the forkserver.
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "__init__.py").write_text("")
+    write_script(app, HEAVY_IMPORT, name="heavy.py")
+    write_script(app, NEEDS_ITS_COMMAND_LINE, name="settings.py")
+    if run_as == "module":
+        write_script(app, APP_MAIN, name="main.py")
+        output = run_module(tmp_path, "app.main", "--go")
+    else:
+        # A script's directory is the start of sys.path: it imports its neighbours directly.
+        script = APP_MAIN.replace("from app import heavy, settings", "import heavy, settings")
+        output = run_script(write_script(app, script, name="main.py"), "--go")
     assert output.stderr == ""
     worker_pids = set(output.stdout.split())
-    importers = (tmp_path / "app" / "imports").read_text().split()
+    importers = (app / "imports").read_text().split()
     assert worker_pids
     assert not worker_pids & set(importers)
     # The application itself and the forkserver.
     assert len(importers) == 2
+
+
+RECORD_CLOUDPICKLE = """
+    import sys
+
+
+    def record():
+        # A pool's initializer, found by reference: it runs before a worker unpickles a call.
+        print("cloudpickle" in sys.modules, file=sys.stderr)
+"""
+
+CALLS_BY_VALUE_OR_REFERENCE = """
+    import asyncio
+    import os
+    import sys
+
+    import anypool
+
+    import recorder
+
+
+    async def main():
+        by_value = sys.argv[1] == "by-value"
+        # Each call on a worker of its own: every worker start is seen.
+        async with anypool.Pool(1, max_tasks_per_worker=1, initializer=recorder.record) as pool:
+            for _ in range(3):
+                await pool.run((lambda: os.getpid()) if by_value else os.getpid)
+
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+"""
+
+
+@pytest.mark.backends("local")
+@pytest.mark.parametrize("calls", ["by-value", "by-reference"])
+def test_forkserver_workers_start_with_cloudpickle_only_where_calls_need_it(
+    calls: str, tmp_path
+) -> None:
+    # cloudpickle takes some 15 ms to import: preloaded in the forkserver where the first call
+    # was pickled by value (every worker needs it then), and not on the way of a cold start
+    # where calls are found by reference.
+    write_script(tmp_path, RECORD_CLOUDPICKLE, name="recorder.py")
+    script = write_script(tmp_path, CALLS_BY_VALUE_OR_REFERENCE)
+    output = run_script(script, calls)
+    seen = output.stderr.split()
+    assert seen == ["True"] * 3 if calls == "by-value" else ["False"] * 3, output.stderr
 
 
 def _retire_on_first_message(connection: multiprocessing.connection.Connection) -> None:

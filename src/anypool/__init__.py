@@ -1,6 +1,7 @@
 """anypool: an awaitable, cancellable process pool for asyncio, uvloop and trio."""
 
-from typing import TYPE_CHECKING
+# As typing's, which workers do not import (they import this package first).
+TYPE_CHECKING = False
 
 __all__ = [
     "START_METHODS",

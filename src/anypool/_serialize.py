@@ -15,11 +15,17 @@ import sys
 import types
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, Final, NamedTuple, overload
-
-import cloudpickle
 
 from ._errors import RemoteError, RemoteTraceback, SerializationError, UnsupportedError
+
+# Workers import this module: it imports neither typing nor cloudpickle, which would add
+# milliseconds to every worker's start (tests/test_architecture.py); cloudpickle is imported
+# where something is to be pickled by value.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, ClassVar, Final, NamedTuple, overload
+else:
+    from ._named_tuple import NamedTuple
 
 __all__ = [
     "MAX_BUFFERS",
@@ -131,7 +137,10 @@ def _importable(obj: types.FunctionType | type) -> bool:
     # application may register modules (and their submodules) with register_pickle_by_value.
     if module_name in (None, "__main__", "__mp_main__"):
         return False
-    by_value = cloudpickle.list_registry_pickle_by_value()
+    # Nothing is registered in a process that has not imported cloudpickle (a worker, often):
+    # it is not imported for that.
+    cloudpickle = sys.modules.get("cloudpickle")
+    by_value = cloudpickle.list_registry_pickle_by_value() if cloudpickle is not None else ()
     if any(module_name == name or module_name.startswith(name + ".") for name in by_value):
         return False
     module = sys.modules.get(module_name)
@@ -143,22 +152,29 @@ def _importable(obj: types.FunctionType | type) -> bool:
     return found is obj
 
 
-_reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+@functools.cache
+def _by_value_pickler() -> type[pickle.Pickler]:
+    """cloudpickle's pickler, keeping the file names of the code it pickles by value."""
+    # Imported on first use: a worker whose results the C pickler takes alone never pays the
+    # 15 ms of importing cloudpickle (and what it imports: logging, inspect, dataclasses...).
+    import cloudpickle
 
+    reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
-def _reduce_code_keeping_its_file(code: types.CodeType) -> Any:
-    # cloudpickle names the file of code it pickles by value "<dynamic-code>"; keep the real
-    # name, so that a remote traceback points at the file and line the user wrote.
-    rebuild, fields = _reduce_code(code)
-    return rebuild, tuple(
-        code.co_filename if field == "<dynamic-code>" else field for field in fields
-    )
+    def reduce_code_keeping_its_file(code: types.CodeType) -> Any:
+        # cloudpickle names the file of code it pickles by value "<dynamic-code>"; keep the
+        # real name, so that a remote traceback points at the file and line the user wrote.
+        rebuild, fields = reduce_code(code)
+        return rebuild, tuple(
+            code.co_filename if field == "<dynamic-code>" else field for field in fields
+        )
 
+    class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+            {types.CodeType: reduce_code_keeping_its_file}, cloudpickle.Pickler.dispatch_table
+        )
 
-class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
-    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
-        {types.CodeType: _reduce_code_keeping_its_file}, cloudpickle.Pickler.dispatch_table
-    )
+    return _ByValuePickler
 
 
 # Values that hold no function or class: the plain C pickler is right for them, and a pickler
@@ -166,12 +182,13 @@ class _ByValuePickler(cloudpickle.Pickler):  # type: ignore[misc]
 PLAIN_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
-@overload
-def dumps(obj: object) -> bytes: ...
+if TYPE_CHECKING:  # (the overloads are for type checkers only: typing is not imported)
 
+    @overload
+    def dumps(obj: object) -> bytes: ...
 
-@overload
-def dumps(obj: object, *, out_of_band: bool) -> Payload: ...
+    @overload
+    def dumps(obj: object, *, out_of_band: bool) -> Payload: ...
 
 
 def dumps(obj: object, *, out_of_band: bool = False) -> Payload:
@@ -194,7 +211,7 @@ def dumps(obj: object, *, out_of_band: bool = False) -> Payload:
         # Something only cloudpickle handles, or that nothing can pickle: let cloudpickle say.
         buffers.clear()
         file = io.BytesIO()
-        _ByValuePickler(file, PROTOCOL, buffer_callback=take).dump(obj)
+        _by_value_pickler()(file, PROTOCOL, buffer_callback=take).dump(obj)
     if buffers:
         return OutOfBand(file.getvalue(), buffers)
     return file.getvalue()
@@ -243,7 +260,7 @@ def dumps_each(items: Sequence[Any]) -> tuple[Payload, int]:
         fast = _ByReferencePickler(file, PROTOCOL, buffer_callback=take)
         # BaseException: a __reduce__ may raise anything.
         try:
-            _ByValuePickler(file, PROTOCOL, buffer_callback=take).dump(item)
+            _by_value_pickler()(file, PROTOCOL, buffer_callback=take).dump(item)
         except BaseException:
             file.seek(start)
             file.truncate()
@@ -357,12 +374,13 @@ def dumps_call_arguments(
         ) from error
 
 
-@overload
-def dumps_item(item: object, purpose: str) -> bytes: ...
+if TYPE_CHECKING:
 
+    @overload
+    def dumps_item(item: object, purpose: str) -> bytes: ...
 
-@overload
-def dumps_item(item: object, purpose: str, *, out_of_band: bool) -> Payload: ...
+    @overload
+    def dumps_item(item: object, purpose: str, *, out_of_band: bool) -> Payload: ...
 
 
 def dumps_item(item: object, purpose: str, *, out_of_band: bool = False) -> Payload:

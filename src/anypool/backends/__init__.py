@@ -10,11 +10,13 @@ importing anypool never imports Ray or Dask.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 __all__ = ["Backend", "DaskBackend", "Feature", "LocalBackend", "RayBackend"]
 
+TYPE_CHECKING = False  # as typing's, which workers do not import (they import this package)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._base import Backend, Feature
     from .dask.backend import DaskBackend
     from .local.backend import LocalBackend

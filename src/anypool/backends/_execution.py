@@ -8,18 +8,21 @@ Imported by worker processes: it must stay free of anyio (tests/test_architectur
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import sys
 import time
-import traceback
 import types
 from collections.abc import Coroutine, Sequence
-from typing import Any, Final
 
 from .._errors import SerializationError
 from .._serialize import ErrorReport, Payload, describe, dumps, dumps_exception, dumps_item, loads
-from ._unpickling import unpickling_error
+
+# Workers start without typing, inspect, traceback and pickletools (tests/test_architecture.py):
+# the paths that need them (an error to report, a call that cannot be unpickled, a callable
+# other than a plain function) import them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 __all__ = [
     "ERROR",
@@ -48,6 +51,9 @@ ITEM: Final = 9
 _ANYPOOL: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 """anypool's own source: the frames of a traceback that come before the user's."""
 
+_CO_COROUTINE: Final = 0x80
+"""The flag of the code of an ``async def`` function (``inspect.CO_COROUTINE``)."""
+
 
 class CallNotLoaded(Exception):
     """The message of a call could not be unpickled: its report is ready to send."""
@@ -67,6 +73,8 @@ def load_call(payload: Payload | bytearray) -> Any:
         return loads(payload)
     # BaseException: a __reduce__ may raise anything, and must not end the worker.
     except BaseException as error:
+        from ._unpickling import unpickling_error  # imports pickletools
+
         raise CallNotLoaded(report_error(unpickling_error(payload, error), cause=error)) from None
 
 
@@ -181,6 +189,13 @@ def _call_async(fn: Any, event_loop: str, item: Any) -> Any:
 def is_async(fn: Any) -> bool:
     """Whether calling ``fn`` returns a coroutine to run (an ``async def``, or an object whose
     ``__call__`` is one)."""
+    if type(fn) is types.FunctionType and not fn.__dict__:
+        # inspect.iscoroutinefunction's answer for a plain function with nothing set on it (no
+        # coroutine marker, no partialmethod): its code's flag. inspect costs a worker some
+        # 8 ms to import, for each map of plain functions.
+        return bool(fn.__code__.co_flags & _CO_COROUTINE)
+    import inspect
+
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
@@ -201,6 +216,8 @@ def run_coroutine(coroutine: Coroutine[Any, Any, Any], event_loop: str) -> Any:
 def report_error(error: BaseException, cause: BaseException | None = None) -> bytes:
     """Pickle ``error`` for the parent, with its traceback as text and a fallback by name;
     and ``cause``, reported likewise, to be its ``__cause__`` there (else the traceback is)."""
+    import traceback
+
     # The first frames are anypool's own; the user's traceback starts below them.
     frames = error.__traceback__
     while frames is not None and frames.tb_frame.f_code.co_filename.startswith(_ANYPOOL):

@@ -36,7 +36,7 @@ from .._base import (
 )
 from . import shared_memory, wire
 from .calls import CallRunner
-from .forkserver import preload_worker_module_in_forkserver
+from .forkserver import preload_in_forkserver
 from .lanes import LaneRunner
 from .sessions import LocalChannel, LocalStream, open_session
 from .workers import WorkerCache
@@ -84,7 +84,7 @@ class LocalBackend(Backend):
         idle_timeout = check_timeout("idle_timeout", idle_timeout)
         kill_grace = check_seconds("kill_grace", kill_grace)
         if start_method == "forkserver":
-            preload_worker_module_in_forkserver()
+            preload_in_forkserver()
         config = wire.WorkerConfig(initializer, tuple(initargs), idle_timeout)
         self.workers = WorkerCache(
             max_workers, start_method, dumps(config), max_tasks_per_worker, kill_grace

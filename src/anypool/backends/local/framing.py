@@ -25,10 +25,13 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Final
 
 from ..._serialize import MAX_BUFFERS, OutOfBand, Payload
 from .shared_memory import map_shared, share
+
+TYPE_CHECKING = False  # as typing's: workers start without typing (tests/test_architecture.py)
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 HEADER: Final = struct.Struct("<BQ")
 

@@ -19,6 +19,7 @@ import anyio
 from .._base import QueueStatus, find_queue
 from . import wire
 from .child.worker import main as worker_main
+from .forkserver import preload_in_forkserver
 from .transport import MessageChannel
 
 __all__ = ["CAN_PAUSE", "WorkerHandle"]
@@ -105,6 +106,8 @@ class WorkerHandle:
             daemon=False,
         )
         if context.get_start_method() == "forkserver":
+            # The call this worker is for is pickled: whether calls need cloudpickle is known.
+            preload_in_forkserver()
             # Booting the forkserver takes long the first time: not under the lock, which the
             # event loop's thread may wait for to start a worker of another kind.
             multiprocessing.forkserver.ensure_running()

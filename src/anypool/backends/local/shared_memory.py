@@ -17,7 +17,10 @@ import mmap
 import os
 import weakref
 from collections import deque
-from typing import Any, Final
+
+TYPE_CHECKING = False  # as typing's: workers start without typing (tests/test_architecture.py)
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 
 def share(buffer: Any) -> int:

@@ -38,9 +38,14 @@ This module is imported by workers too: it must stay free of anyio and trio.
 from __future__ import annotations
 
 import struct
-from typing import Any, Final, NamedTuple
 
 from .. import _execution
+
+TYPE_CHECKING = False  # as typing's: workers start without typing (tests/test_architecture.py)
+if TYPE_CHECKING:
+    from typing import Any, Final, NamedTuple
+else:
+    from ..._named_tuple import NamedTuple
 
 CALL: Final = 1
 RESULT: Final = _execution.RESULT

@@ -8,7 +8,10 @@ import select
 import signal
 import sys
 import threading
-from typing import Any
+
+TYPE_CHECKING = False  # as typing's: workers start without typing (tests/test_architecture.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["die_with_parent"]
 

@@ -10,15 +10,18 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any
 
 from ...._serialize import Payload
 from .. import framing, wire
 
-__all__ = ["Frame", "Pipe", "current"]
+TYPE_CHECKING = False  # as typing's: workers start without typing (tests/test_architecture.py)
+if TYPE_CHECKING:
+    from typing import Any
 
-Frame = tuple[int, Any]
-"""A message's kind and payload (see ``FrameReader.next_frame``)."""
+    Frame = tuple[int, Any]
+    """A message's kind and payload (see ``FrameReader.next_frame``)."""
+
+__all__ = ["Pipe", "current"]
 
 _current: Pipe | None = None
 

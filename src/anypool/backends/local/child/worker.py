@@ -8,7 +8,6 @@ import sys
 import time
 import types
 from multiprocessing.connection import Connection
-from typing import Any
 
 from ...._serialize import Payload, dumps, loads
 from ..._execution import (
@@ -24,9 +23,17 @@ from ..._execution import (
     start_generator,
 )
 from .. import shared_memory, wire
-from .duplex import AsyncChannelEnd, ChannelEnd, ChannelState, run_blocking
 from .lifeline import die_with_parent
-from .pipe import Frame, Pipe
+from .pipe import Pipe
+
+# Every worker process imports this module, and the forkserver preloads it: what only some
+# calls need (typing, cloudpickle, the channel ends) is imported by them, so that the others
+# start without it (tests/test_architecture.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .pipe import Frame
 
 __all__ = ["main"]
 
@@ -141,6 +148,9 @@ def _send_outcome_announcing_the_next(
 
 def _open(pipe: Pipe, payload: bytes | bytearray) -> None:
     """Call ``fn(channel_end, *args, **kwargs)`` and send its outcome once it returns."""
+    # Imported by the first channel: its generic classes import typing.
+    from .duplex import AsyncChannelEnd, ChannelEnd, ChannelState, run_blocking
+
     channel: ChannelState | None = None
     try:
         fn, args, kwargs, event_loop, buffer = load_call(payload)
