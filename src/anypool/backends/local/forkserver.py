@@ -26,8 +26,8 @@ def preload_in_forkserver() -> None:
     otherwise import at its start: the worker module; what the application's main module
     imports (see :func:`_main_module_imports`); and cloudpickle, if this process has pickled
     something by value already. Only effective before the forkserver starts: called when a
-    pool is made, and again as it starts its first worker (the forkserver starts then), once
-    the call that wants the worker is pickled.
+    pool is made, and again before each worker start (the first one starts the forkserver),
+    when the call that wants the worker is pickled already.
 
     The worker module alone leaves cloudpickle out, as the 15 ms it takes to import would
     be on the way of every cold start (the forkserver's start is): a pool whose functions are
