@@ -490,16 +490,18 @@ async def test_exception_in_the_consumer_propagates_and_kills_the_workers_runnin
 async def test_a_loop_left_early_loses_no_result_to_the_next_loop_or_anext() -> None:
     # `async for` iterates a generator of its own each time; every way of taking results
     # goes on from the last result handed out, in order, within a chunk and across chunks.
-    async with contract_pool(2) as pool:
-        async with pool.map(workers.square, range(60), chunksize=7) as results:
-            taken = []
-            for stop in (3, 10, 25):
-                async for result in results:
-                    taken.append(result)
-                    if len(taken) == stop:
-                        break
-                taken.append(await anext(results))
-            taken += await collect(results)
+    taken = []
+    async with (
+        contract_pool(2) as pool,
+        pool.map(workers.square, range(60), chunksize=7) as results,
+    ):
+        for stop in (3, 10, 25):
+            async for result in results:
+                taken.append(result)
+                if len(taken) == stop:
+                    break
+            taken.append(await anext(results))
+        taken += await collect(results)
     assert taken == [x * x for x in range(60)]
 
 
