@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
-import multiprocessing.forkserver
 import multiprocessing.process
 import multiprocessing.resource_tracker
 import os
@@ -21,7 +20,7 @@ import psutil
 import pytest
 import uvloop
 
-import anypool
+from anypool.backends.local import forkserver
 from support import (
     ALL_BACKENDS,
     BACKEND_IDS,
@@ -30,6 +29,7 @@ from support import (
     POLL_INTERVAL,
     POOL_BACKENDS,
     descendants,
+    helper_fds,
     open_fds,
     use_contract_backend,
 )
@@ -151,15 +151,9 @@ def engine_processes(engine: str, before: set[int]) -> Iterator[None]:
 @pytest.fixture(scope="session", autouse=True)
 def multiprocessing_helpers() -> None:
     """Start the process-wide helpers once, so that every test's baseline has them:
-    multiprocessing's forkserver and resource tracker, and the wake-up pipe uvloop creates with
-    its first loop.
-
-    A Pool is created first (it starts no process) so that whatever it asks the forkserver to
-    preload is in place before the forkserver starts, as in an application.
-    """
-    anypool.Pool(max_workers=1)
-    multiprocessing.get_context("forkserver")
-    multiprocessing.forkserver.ensure_running()
+    anypool's fork server, multiprocessing's resource tracker, and the wake-up pipe uvloop
+    creates with its first loop."""
+    forkserver.ensure_running()
     multiprocessing.resource_tracker.ensure_running()
     uvloop.new_event_loop().close()
 
@@ -215,10 +209,12 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         processes = {
             pid: process for pid, process in descendants().items() if pid not in processes_before
         }
+        helpers = helper_fds()
         fds = {
             fd: target
             for fd, target in open_fds().items()
             if (fd not in fds_before or fds_before[fd] != target)
+            and fd not in helpers
             and not (engines_sockets and target.startswith("socket:"))
         }
         return processes, fds, shm_entries() - shm_before

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import subprocess
@@ -26,6 +25,7 @@ import uvloop
 import anypool
 import workers
 from anypool.backends._base import Feature
+from anypool.backends.local import forkserver
 from anypool.backends.local.backend import LocalBackend
 from anypool.backends.local.handle import WorkerHandle
 from anypool.backends.local.transport import MessageChannel
@@ -258,13 +258,21 @@ def read_pid_blocking(path: Path, timeout: float = 20.0) -> int:
 # --- processes ------------------------------------------------------------------------------
 
 
-def multiprocessing_helper_pids() -> set[int]:
-    """multiprocessing's forkserver and resource tracker: process-wide, not any pool's."""
+def helper_pids() -> set[int]:
+    """anypool's fork server and multiprocessing's resource tracker: process-wide, not any
+    pool's."""
     pids = {
-        multiprocessing.forkserver._forkserver._forkserver_pid,  # type: ignore[attr-defined]
+        forkserver.server_pid(),
         multiprocessing.resource_tracker._resource_tracker._pid,  # type: ignore[attr-defined]
     }
     return {pid for pid in pids if pid is not None}
+
+
+def helper_fds() -> set[int]:
+    """This process's descriptors of the process-wide helpers: its end of the fork server's
+    socket (a server killed by a test is replaced by another, on another socket)."""
+    control = forkserver._server.control
+    return set() if control is None else {control.fileno()}
 
 
 def open_fds() -> dict[int, str]:
@@ -286,7 +294,7 @@ children a Dask worker runs calls in), are the engine's to manage, not a test's.
 def descendants() -> dict[int, psutil.Process]:
     """Every live or zombie descendant of this process but multiprocessing's helpers and, while a
     session's engine runs, its processes (:data:`ENGINE_PROCESSES`)."""
-    helpers = multiprocessing_helper_pids()
+    helpers = helper_pids()
     found = {}
     for process in psutil.Process().children(recursive=True):
         if process.pid not in helpers and not _engines(process):

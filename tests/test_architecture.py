@@ -166,23 +166,26 @@ WORKER_STARTS_WITHOUT = [
     "pickletools",
     "traceback",
     "anyio",
+    "multiprocessing",
 ]
-"""Modules that importing the worker module must not import: each worker process (and the
-forkserver, which preloads it) would pay milliseconds at every start for what only some calls
-need (a function pickled by value, an error to report, a channel), which import them then."""
+"""Modules that importing the worker module or the fork server must not import: each worker
+process (and the fork server, whose start is on the way of a cold start) would pay milliseconds
+at every start for what only some calls need (a function pickled by value, an error to report,
+a channel), which import them then."""
 
 
-def test_the_worker_module_imports_only_what_every_worker_needs() -> None:
+@pytest.mark.parametrize("module", ["worker", "forkserver"])
+def test_the_worker_side_imports_only_what_every_worker_needs(module: str) -> None:
     # Only what the import itself adds: the interpreter may start with some of them loaded (a
     # coverage hook), which is no cost of the worker module's.
     script = (
         "import sys\n"
         "before = set(sys.modules)\n"
-        "import anypool.backends.local.child.worker\n"
+        f"import anypool.backends.local.child.{module}\n"
         f"print(*[m for m in {WORKER_STARTS_WITHOUT!r} if m in set(sys.modules) - before])"
     )
     output = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     imported = output.split()
-    assert not imported, f"importing the worker module imports {imported}"
+    assert not imported, f"importing the {module} module imports {imported}"

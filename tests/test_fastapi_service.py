@@ -64,20 +64,20 @@ class Server:
 
     @property
     def tree(self) -> list[psutil.Process]:
-        """The server's descendants: multiprocessing's forkserver and resource tracker, and
-        the pool's workers."""
+        """The server's descendants: anypool's fork server, multiprocessing's resource
+        tracker, and the pool's workers."""
         return psutil.Process(self.process.pid).children(recursive=True)
 
     def workers(self) -> set[int]:
-        """The pids of the pool's workers: the processes below the server but
-        multiprocessing's helpers (forkserver workers share the forkserver's command line, but
-        are its children, not the server's)."""
+        """The pids of the pool's workers: the processes below the server but the helpers
+        (workers of the fork server share its command line, but are its children, not the
+        server's)."""
         found = set()
         for process in self.tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 helper = process.ppid() == self.process.pid and any(
-                    f"multiprocessing.{name} import main" in " ".join(process.cmdline())
-                    for name in ("forkserver", "resource_tracker")
+                    f"{name} import main" in " ".join(process.cmdline())
+                    for name in ("child.forkserver", "multiprocessing.resource_tracker")
                 )
                 if not helper and process.status() != psutil.STATUS_ZOMBIE:
                     found.add(process.pid)

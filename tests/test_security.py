@@ -6,15 +6,12 @@ its owner can send it anything.
 
 from __future__ import annotations
 
-import multiprocessing.forkserver
-import os
-import stat
-
 import psutil
 import pytest
 
 import anypool
 import workers
+from anypool.backends.local import forkserver
 from support import pool_processes
 
 pytestmark = pytest.mark.anyio
@@ -29,8 +26,7 @@ async def test_no_process_of_the_pool_listens_on_a_network_port(start_method: st
         assert await pool.run(workers.square, 3) == 9
         processes = [psutil.Process(pid) for pid in pool_processes()]
         if start_method == "forkserver":
-            forkserver_pid = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
-            processes.append(psutil.Process(forkserver_pid))
+            processes.append(psutil.Process(forkserver.ensure_running()))
         processes.append(psutil.Process())
         assert len(processes) >= 2
         for process in processes:
@@ -38,16 +34,13 @@ async def test_no_process_of_the_pool_listens_on_a_network_port(start_method: st
             assert process.net_connections(kind="inet") == [], process
 
 
-def test_the_forkserver_socket_is_reachable_by_this_user_only() -> None:
-    anypool.Pool(1)  # a pool with the default start method, as an application makes one
-    multiprocessing.forkserver.ensure_running()
-    address = multiprocessing.forkserver._forkserver._forkserver_address  # type: ignore[attr-defined]
-    # A path, not an abstract-namespace name (those have no permissions at all).
-    assert isinstance(address, str)
-    assert not address.startswith("\0")
-    directory = os.stat(os.path.dirname(address))
-    assert directory.st_uid == os.getuid()
-    assert stat.S_IMODE(directory.st_mode) == 0o700
+def test_the_fork_server_is_reached_through_a_private_socket_pair_only() -> None:
+    # multiprocessing's forkserver listens on a path that any process of the user's may
+    # connect to; anypool's has one unnamed socket, whose other end only this process holds.
+    connections = psutil.Process(forkserver.ensure_running()).net_connections(kind="unix")
+    assert len(connections) == 1
+    assert not connections[0].laddr
+    assert not connections[0].raddr
 
 
 async def test_worker_pipes_are_private_socket_pairs() -> None:

@@ -19,10 +19,10 @@ EXIT_MARGIN = 2.0
 """Seconds beyond ``kill_grace`` the program may take to end after Ctrl-C, on a busy machine
 too. The pool's part (SIGTERM at once, SIGKILL ``kill_grace`` later to the worker that ignores
 SIGTERM, reaping) takes milliseconds beyond ``kill_grace``; the rest is the interpreter's exit,
-and that of multiprocessing's forkserver and resource tracker, whose copies of the output pipes
-the test waits for too. Measured on 2 cores (issue 16): 0.05 s alone, at most 0.3 s under
-twice tests/load.py's load (make test-under-load's and the test's own), 0.55 s beside 8 CPU hogs,
-2 spawners and another test suite; the margin is almost four times that."""
+and that of anypool's fork server and multiprocessing's resource tracker, whose copies of the
+output pipes the test waits for too. Measured on 2 cores (issue 16): 0.05 s alone, at most 0.3 s
+under twice tests/load.py's load (make test-under-load's and the test's own), 0.55 s beside 8 CPU
+hogs, 2 spawners and another test suite; the margin is almost four times that."""
 LOAD_SECONDS = 60.0
 EVENT_LOOP_REPORTS = {
     "KeyboardInterrupt",

@@ -42,9 +42,9 @@ ERROR_EVERY = 1_000
 CANCEL_EVERY = 10_000
 
 RSS_GROWTH = 0.10
-# A live worker holds three descriptors in the parent (its pipe, and two the forkserver start
-# leaves: the process sentinel and a pipe end); a worker let go (recycled) keeps the last two
-# until the pool reaps it, at the next let-go. The counts vary with that timing only.
+# A live worker holds two descriptors in the parent (its pipe, and the status pipe the fork
+# server reports its exit on); a worker let go (recycled) keeps the last until the pool reaps
+# it, at the next let-go. The counts vary with that timing only.
 FD_SLACK = 3 * MAX_WORKERS
 PROCESS_SLACK = 1
 

@@ -90,8 +90,8 @@ class BrokenWorkerError(RuntimeError):
             # What multiprocessing's own start-up failures look like, the classic one included.
             message += (
                 "; it had run no call before, so it may have failed while starting (its error is"
-                " on stderr): under the forkserver and spawn start methods, a script that uses a"
-                ' pool needs an `if __name__ == "__main__":` guard'
+                " on stderr): under the spawn start method, a script that uses a pool needs an"
+                ' `if __name__ == "__main__":` guard'
             )
         super().__init__(message)
 

@@ -5,7 +5,8 @@ Where each concern lives: ``workers`` (the cache of workers and the FIFO of call
 one), ``calls`` (``run``), ``sendahead`` (calls sent to a busy worker), ``lanes`` (``map``),
 ``sessions`` (``stream`` and ``open_channel``), ``handle`` (one worker process), ``transport``
 (the parent's end of its pipe), ``wire``/``framing``/``shared_memory`` (what crosses the pipe),
-``child`` (the worker's side), ``forkserver`` (what workers start with).
+``child`` (the worker's side), ``forkserver`` (the fork server that starts the workers of the
+forkserver start method).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from .._base import (
 )
 from . import shared_memory, wire
 from .calls import CallRunner
-from .forkserver import preload_in_forkserver
 from .lanes import LaneRunner
 from .sessions import LocalChannel, LocalStream, open_session
 from .workers import WorkerCache
@@ -83,8 +83,6 @@ class LocalBackend(Backend):
         )
         idle_timeout = check_timeout("idle_timeout", idle_timeout)
         kill_grace = check_seconds("kill_grace", kill_grace)
-        if start_method == "forkserver":
-            preload_in_forkserver()
         config = wire.WorkerConfig(initializer, tuple(initargs), idle_timeout)
         self.workers = WorkerCache(
             max_workers, start_method, dumps(config), max_tasks_per_worker, kill_grace

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
-import multiprocessing.forkserver
+import multiprocessing.connection
 import os
 import signal
 import threading
@@ -17,9 +17,8 @@ from multiprocessing.process import BaseProcess
 import anyio
 
 from .._base import QueueStatus, find_queue
-from . import wire
-from .child.worker import main as worker_main
-from .forkserver import preload_in_forkserver
+from . import forkserver, wire
+from .child.worker import main_of_process
 from .transport import MessageChannel
 
 __all__ = ["CAN_PAUSE", "WorkerHandle"]
@@ -34,11 +33,11 @@ CAN_PAUSE = os.path.exists(f"/proc/{os.getpid()}/stat")
 _PAUSE_TIMEOUT = 0.1
 
 # multiprocessing reads a child's exit status whenever anyone polls it, from any thread, and
-# keeps it; two threads polling at once leave one of them without it (under forkserver it then
-# reports exit code 255; under fork, join() returns with the process not reaped). Every
-# Process.start() polls all the children multiprocessing knows of, and forkserver workers start
-# in a helper thread, while the event loop's thread reaps them. So the pool's workers are its
-# own: once started they are taken out of multiprocessing's list (which also keeps them out of
+# keeps it; two threads polling at once leave one of them without it (under fork, join() then
+# returns with the process not reaped). Every Process.start() polls all the children
+# multiprocessing knows of, in whichever thread starts a process (the event loop's of another
+# pool, an application's), while the event loop's thread reaps them. So the pool's workers are
+# its own: once started they are taken out of multiprocessing's list (which also keeps them out of
 # active_children(), and out of reach of the application's threads), and starts go one at a
 # time, so that no start of the pool's polls a worker before it is taken out.
 _starting = threading.Lock()
@@ -72,7 +71,9 @@ class WorkerHandle:
         "queued_calls",
     )
 
-    def __init__(self, process: BaseProcess, channel: MessageChannel) -> None:
+    def __init__(
+        self, process: BaseProcess | forkserver.ForkedProcess, channel: MessageChannel
+    ) -> None:
         self._process = process
         self.channel = channel
         self.pid: int = process.pid  # type: ignore[assignment]  # set once started
@@ -98,24 +99,12 @@ class WorkerHandle:
         channel = MessageChannel(os.dup(parent_end.fileno()))
         parent_end.close()
         _parent_ends.add(channel)
-        process = context.Process(  # type: ignore[attr-defined]
-            target=worker_main,
-            args=(child_end, config_blob),
-            name="anypool-worker",
-            # Not daemonic, so a worker may start processes of its own; the pool reaps it.
-            daemon=False,
-        )
-        if context.get_start_method() == "forkserver":
-            # The call this worker is for is pickled: whether calls need cloudpickle is known.
-            preload_in_forkserver()
-            # Booting the forkserver takes long the first time: not under the lock, which the
-            # event loop's thread may wait for to start a worker of another kind.
-            multiprocessing.forkserver.ensure_running()
+        process: BaseProcess | forkserver.ForkedProcess
         try:
-            with _starting:
-                process.start()
-                # Looked up each time: a process started by multiprocessing gets a new list.
-                multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+            if context.get_start_method() == "forkserver":
+                process = forkserver.start_worker(child_end.fileno(), config_blob)
+            else:
+                process = _start_process(context, child_end, config_blob)
         except BaseException:
             _parent_ends.discard(channel)
             channel.close()
@@ -251,3 +240,21 @@ class WorkerHandle:
 
     def __repr__(self) -> str:
         return f"<WorkerHandle pid={self.pid} calls={self.calls}>"
+
+
+def _start_process(
+    context: BaseContext, child_end: multiprocessing.connection.Connection, config_blob: bytes
+) -> BaseProcess:
+    """A worker started by multiprocessing (the fork and spawn start methods)."""
+    process: BaseProcess = context.Process(  # type: ignore[attr-defined]
+        target=main_of_process,
+        args=(child_end, config_blob),
+        name="anypool-worker",
+        # Not daemonic, so a worker may start processes of its own; the pool reaps it.
+        daemon=False,
+    )
+    with _starting:
+        process.start()
+        # Looked up each time: a process started by multiprocessing gets a new list.
+        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+    return process

@@ -82,9 +82,24 @@ REPLY_CLOSED: Final = 3
 REPLY_GONE: Final = 4
 
 
-PRELOAD_VARIABLE: Final = "ANYPOOL_FORKSERVER_PRELOAD"
-"""The environment variable that names the modules the forkserver preloads for the application
-(see ``anypool.backends.local.child.preload``)."""
+class ForkserverBoot(NamedTuple):
+    """What the fork server needs to stand in for the parent (see ``child.forkserver``)."""
+
+    sys_path: list[str]
+    sys_argv: list[str]
+    authkey: bytes
+    """multiprocessing's key of the parent's, for a worker that connects back to it."""
+
+
+class ForkRequest(NamedTuple):
+    """A request to the fork server for one worker."""
+
+    cwd: str
+    sys_path: list[str]
+    preload: list[str]
+    """Modules the server is to import, once, for the workers it forks later."""
+    config: bytes
+    """The pickled ``WorkerConfig``."""
 
 
 class WorkerConfig(NamedTuple):

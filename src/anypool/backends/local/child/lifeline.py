@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
@@ -30,9 +29,8 @@ def die_with_parent(fd: int) -> None:
 
     An idle worker would see end-of-file anyway; this covers a worker busy in user code.
     """
-    _let_forkserver_exit_with_parent()
     # The kernel SIGKILLs us when our parent process exits: the pool's process under
-    # fork/spawn, the forkserver (which exits with the pool's process) under forkserver.
+    # fork/spawn, the fork server (which exits with the pool's process) under forkserver.
     if _prctl is not None and _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
         # The parent may have died before prctl took effect; then its pipe end is gone.
         if _hung_up(fd, timeout_ms=0):
@@ -41,22 +39,6 @@ def die_with_parent(fd: int) -> None:
     threading.Thread(
         target=_exit_on_hang_up, args=(fd,), name="anypool-lifeline", daemon=True
     ).start()
-
-
-def _let_forkserver_exit_with_parent() -> None:
-    # A process forked by multiprocessing's forkserver inherits the write end of the pipe whose
-    # end-of-file tells the forkserver that its parent died. Holding it, this worker would keep
-    # the forkserver alive after the pool's process died, and the forkserver's death is what
-    # kills this worker (PR_SET_PDEATHSIG): let it go. A pool started inside this worker with
-    # the forkserver method then starts a forkserver of its own, as after the parent's death.
-    forkserver = sys.modules.get("multiprocessing.forkserver")
-    state = getattr(forkserver, "_forkserver", None)
-    alive_fd = getattr(state, "_forkserver_alive_fd", None)
-    if alive_fd is not None and getattr(state, "_forkserver_pid", None) is None:
-        with contextlib.suppress(OSError):
-            os.close(alive_fd)
-        state._forkserver_alive_fd = None  # type: ignore[union-attr]
-        state._forkserver_address = None  # type: ignore[union-attr]
 
 
 def _hung_up(fd: int, timeout_ms: int | None) -> bool:

@@ -7,7 +7,6 @@ import signal
 import sys
 import time
 import types
-from multiprocessing.connection import Connection
 
 from ...._serialize import Payload, dumps, loads
 from ..._execution import (
@@ -31,19 +30,26 @@ from .pipe import Pipe
 # start without it (tests/test_architecture.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
     from typing import Any
 
     from .pipe import Frame
 
-__all__ = ["main"]
+__all__ = ["main", "main_of_process"]
 
 
-def main(connection: Connection, config_blob: bytes) -> None:
-    """Serve calls from the parent until it closes the pipe or ``idle_timeout`` passes."""
+def main_of_process(connection: Connection, config_blob: bytes) -> None:
+    """:func:`main` as the target of a ``multiprocessing.Process`` (the fork and spawn start
+    methods), which hands it the pipe end as a ``Connection``."""
+    main(connection.fileno(), config_blob)
+
+
+def main(fd: int, config_blob: bytes) -> None:
+    """Serve calls from the parent on the pipe end ``fd`` until the parent closes the pipe or
+    ``idle_timeout`` passes."""
     # Ctrl-C is for the parent: it cancels the calls, and the pool then stops its workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _forget_the_parents_event_loop()
-    fd = connection.fileno()
     die_with_parent(fd)
     config: wire.WorkerConfig = loads(config_blob)
     shared_memory.keep_spare_files(True)
