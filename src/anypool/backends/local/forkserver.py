@@ -26,7 +26,6 @@ from . import wire
 
 __all__ = ["ForkedProcess", "ensure_running", "server_pid", "start_worker"]
 
-_SIZE_BYTES = 8
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from anypool.backends.local.child.forkserver import main; main(int(sys.argv[2]))"
@@ -205,15 +204,15 @@ atexit.register(_server.stop)
 def _send(control: socket.socket, message: object, fds: list[int]) -> None:
     body = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
     # The descriptors go with the first bytes, which the server reads first.
-    header = len(body).to_bytes(_SIZE_BYTES, "little")
+    header = wire.NUMBER.pack(len(body))
     socket.send_fds(control, [header], fds)
     control.sendall(body)
 
 
 def _read_signed(fd: int) -> int | None:
     """The next number on a status pipe; ``None`` at end of file (the server went away)."""
-    data = os.read(fd, _SIZE_BYTES)
-    return int.from_bytes(data, "little", signed=True) if data else None
+    data = os.read(fd, wire.NUMBER.size)
+    return wire.NUMBER.unpack(data)[0] if data else None
 
 
 def _preload() -> list[str]:

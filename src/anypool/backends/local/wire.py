@@ -82,6 +82,11 @@ REPLY_CLOSED: Final = 3
 REPLY_GONE: Final = 4
 
 
+NUMBER: Final = struct.Struct("<q")
+"""A number on the fork server's socket (a message's length) or on a status pipe (a worker's
+pid, then its exit code)."""
+
+
 class ForkserverBoot(NamedTuple):
     """What the fork server needs to stand in for the parent (see ``child.forkserver``)."""
 

@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-_SIZE_BYTES = 8
-
 
 def main(control_fd: int) -> None:
     """Serve the parent's requests on ``control_fd`` until it closes."""
@@ -228,12 +226,12 @@ def _receive(control: socket.socket) -> tuple[Any, list[int]]:
     """The parent's next message and the descriptors that came with it; ``None`` once the
     parent has gone."""
     try:
-        header, fds, _, _ = socket.recv_fds(control, _SIZE_BYTES, 2)
+        header, fds, _, _ = socket.recv_fds(control, wire.NUMBER.size, 2)
     except OSError:
         return None, []
-    if len(header) < _SIZE_BYTES:
+    if len(header) < wire.NUMBER.size:
         return None, []
-    size = int.from_bytes(header, "little")
+    (size,) = wire.NUMBER.unpack(header)
     body = bytearray()
     while len(body) < size:
         part = control.recv(size - len(body))
@@ -246,4 +244,4 @@ def _receive(control: socket.socket) -> tuple[Any, list[int]]:
 def _write_signed(fd: int, value: int) -> None:
     # OSError: the parent closed its end; it wants nothing more of this worker.
     with contextlib.suppress(OSError):
-        os.write(fd, value.to_bytes(_SIZE_BYTES, "little", signed=True))
+        os.write(fd, wire.NUMBER.pack(value))
