@@ -14,7 +14,7 @@ import pytest
 import anypool
 import workers
 from anypool.backends.local import forkserver
-from support import gone, wait_until_async
+from support import gone, run_script, wait_until_async, write_script
 
 pytestmark = [pytest.mark.anyio, pytest.mark.backends("local")]
 
@@ -88,3 +88,53 @@ async def test_a_worker_uses_a_proxy_of_the_parents_multiprocessing_manager() ->
         async with anypool.Pool(1) as pool:
             await pool.run(put, shared, "answer", 42)
         assert dict(shared) == {"answer": 42}
+
+
+def test_workers_have_the_parents_key_and_tracker_when_multiprocessing_starts_with_python(
+    tmp_path, monkeypatch
+) -> None:
+    # A sitecustomize (or a .pth file: coverage's does this) imports multiprocessing into every
+    # interpreter, the fork server's included, before the server could watch for its import.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import multiprocessing.process, multiprocessing.resource_tracker\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    code = """
+        import multiprocessing, sys
+        from multiprocessing import shared_memory
+        import anyio, anypool
+
+        def put(mapping, key, value):
+            assert "multiprocessing.process" in sys.modules
+            mapping[key] = value
+
+        def read(name):
+            segment = shared_memory.SharedMemory(name)
+            try:
+                return bytes(segment.buf[:5])
+            finally:
+                segment.close()
+
+        async def main():
+            segment = shared_memory.SharedMemory(create=True, size=5)
+            segment.buf[:5] = b"hello"
+            try:
+                with multiprocessing.get_context("spawn").Manager() as manager:
+                    shared = manager.dict()
+                    async with anypool.Pool(
+                        1, start_method="forkserver", max_tasks_per_worker=1
+                    ) as pool:
+                        await pool.run(put, shared, "answer", 42)
+                        print(dict(shared))
+                        print([await pool.run(read, segment.name) for _ in range(2)])
+            finally:
+                segment.close()
+                segment.unlink()
+
+        if __name__ == "__main__":
+            anyio.run(main)
+    """
+    output = run_script(write_script(tmp_path, code)).stdout.splitlines()
+    assert output == ["{'answer': 42}", "[b'hello', b'hello']"]

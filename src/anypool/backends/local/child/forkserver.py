@@ -187,6 +187,10 @@ def _stand_in_for_parent(boot: wire.ForkserverBoot, fds: list[int]) -> None:
             resource_tracker._resource_tracker._fd = fds[0]
 
         fixes["multiprocessing.resource_tracker"] = use_parents_tracker
+    # Something that starts with every interpreter (a .pth file: coverage's, say) may have
+    # imported them already.
+    for name in [name for name in fixes if name in sys.modules]:
+        fixes.pop(name)(sys.modules[name])
     sys.meta_path.insert(0, _FixAfterImport(fixes))
 
 
