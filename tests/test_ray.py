@@ -118,12 +118,15 @@ async def test_workers_the_cluster_cannot_hold_leave_the_calls_to_those_it_can()
 
 
 async def test_without_kill_on_cancel_the_abandoned_call_runs_to_its_end(tmp_path: Path) -> None:
-    release, done = tmp_path / "release", tmp_path / "done"
+    started, release, done = tmp_path / "pid", tmp_path / "release", tmp_path / "done"
     async with ray_pool() as pool:
         view = pool.with_options(kill_on_cancel=False)
-        with anyio.move_on_after(0.5):
-            await view.run(workers.return_when_path_exists, release, "late", 30.0)
+        async with anyio.create_task_group() as group:
+            group.start_soon(view.run, workers.write_pid_and_wait_for, started, release)
+            pid = await read_pid(started)
+            group.cancel_scope.cancel()
         assert pool.stats().calls_pending == 1  # join() waits for it
+        assert not dead(pid)
         release.touch()
         await view.run(workers.touch_and_return, done, None)
     assert done.exists()
