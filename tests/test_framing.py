@@ -3,6 +3,9 @@ and far beyond it."""
 
 from __future__ import annotations
 
+import os
+import socket
+
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +13,8 @@ from hypothesis import strategies as st
 
 import anypool
 import workers
+from anypool.backends.local import wire
+from anypool.backends.local.transport import ChannelClosed, MessageChannel
 from support import gone, read_pid
 
 pytestmark = pytest.mark.anyio
@@ -98,3 +103,21 @@ async def test_large_result_of_an_abandoned_call_is_discarded_without_leaks(tmp_
             pid = await read_pid(pid_file)
             group.cancel_scope.cancel()
         assert await pool.run(workers.current_pid) == pid
+
+
+async def test_closing_a_channel_ends_the_write_of_a_frame_the_pipe_took_in_part() -> None:
+    # Nobody reads the other end: the pipe takes part of the frame, a task of the channel's
+    # waits to write the rest, shielded once it has begun. Closed under that task, the
+    # descriptor leaves the event loop's watch without a word: the task must stop, not wait
+    # for ever (and hold up every later frame, and the event loop's end, with it).
+    ours, theirs = socket.socketpair()
+    channel = MessageChannel(os.dup(ours.fileno()))
+    ours.close()
+    try:
+        assert channel.send_nowait(wire.CALL, payload(8 * MiB))
+        await anyio.wait_all_tasks_blocked()  # the task waits to write
+        channel.close()
+        with anyio.fail_after(5), pytest.raises(ChannelClosed):
+            await channel.send(wire.CALL, b"next")
+    finally:
+        theirs.close()

@@ -50,6 +50,7 @@ class MessageChannel:
         "_stale_possible",
         "_waiter",
         "_watched_by",
+        "_writing",
         "cut_short",
     )
 
@@ -73,6 +74,8 @@ class MessageChannel:
         self._read_first = False
         # Set while a frame waits to be written in full: other frames wait for it.
         self._sending: anyio.Event | None = None
+        # The scope of the wait to write the rest of that frame.
+        self._writing: anyio.CancelScope | None = None
         self.cut_short = False
         """Whether a send was cancelled part-way through a frame."""
 
@@ -85,6 +88,14 @@ class MessageChannel:
         """Close this end; the worker sees end-of-file. Idempotent."""
         if self._fd >= 0:
             self._unwatch()
+            if self._writing is not None:
+                # A task waits to write the rest of a frame (shielded, it may be: see send).
+                # Closed under it, the descriptor would leave the event loop's set without a
+                # word, and the task would wait for ever: it stops now, while it is open.
+                self._writing.cancel()
+                loop = asyncio._get_running_loop()
+                if loop is not None:
+                    loop.remove_writer(self._fd)
             self._fd = -1
             self._socket.close()
             self._reader.close()
@@ -155,9 +166,9 @@ class MessageChannel:
         sending = self._sending
         assert sending is not None
         try:
-            with anyio.CancelScope() as scope:
+            with anyio.CancelScope() as self._writing:
                 while sent < total:
-                    scope.shield = whole and sent > 0
+                    self._writing.shield = whole and sent > 0
                     await anyio.wait_writable(self._fd)
                     sent += self._write(parts, sent, fds)
         except BaseException:
@@ -165,8 +176,13 @@ class MessageChannel:
             self.cut_short = sent > 0
             raise
         finally:
+            self._writing = None
             self._sending = None
             sending.set()
+        if sent < total:
+            # close() stopped the wait.
+            self.cut_short = sent > 0
+            raise ChannelClosed
 
     def _write(self, parts: list[bytes], sent: int, fds: list[int]) -> int:
         if self._fd < 0:
