@@ -143,7 +143,7 @@ class LaneRunner(ChunkRunner):
                     current = None
                     running = False
                     counters.ended_with(error)
-                    lane.chunk = None
+                    lane.chunk = None  # (failed: not put back)
                     self._put_back(lane)
                     feed.chunk_failed(chunk, error)
                     return
