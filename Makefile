@@ -42,7 +42,8 @@ test-dask: venv
 test-under-load: venv
 	$(BIN)/python tests/load.py --seconds 1200 -- $(BIN)/python -m pytest -m "timing and not ray and not dask"
 
-# The test suite under coverage.py, worker processes included, then the Ray backend's own tests
+# The test suite under coverage.py, every Python process it starts included (workers, the fork
+# server, Dask's workers; see [tool.coverage.run] in pyproject.toml), then the Ray backend's own tests
 # (its contract runs stay in make test-ray: each pool starts Ray workers of its own, minutes in
 # all) and the Dask backend's tests; fails below the figure in pyproject.toml
 # ([tool.coverage.report] fail_under). About twice as long as make test.
