@@ -100,7 +100,8 @@ def test_workers_have_the_parents_key_and_tracker_when_multiprocessing_starts_wi
     (site / "sitecustomize.py").write_text(
         "import multiprocessing.process, multiprocessing.resource_tracker\n"
     )
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    paths = [str(site), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     code = """
         import multiprocessing, sys
         from multiprocessing import shared_memory

@@ -120,4 +120,5 @@ async def test_closing_a_channel_ends_the_write_of_a_frame_the_pipe_took_in_part
         with anyio.fail_after(5), pytest.raises(ChannelClosed):
             await channel.send(wire.CALL, b"next")
     finally:
+        channel.close()
         theirs.close()
