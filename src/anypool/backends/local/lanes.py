@@ -25,7 +25,7 @@ __all__ = ["LaneRunner"]
 class _Lane:
     """A task of a map's that runs its chunks on one worker at a time."""
 
-    __slots__ = ("ahead", "chunk", "short", "started")
+    __slots__ = ("ahead", "chunk", "short")
 
     def __init__(self) -> None:
         self.chunk: Chunk | None = None
@@ -33,8 +33,6 @@ class _Lane:
         self.ahead: Chunk | None = None
         """The chunk sent to the worker behind ``chunk``, that it starts as soon as ``chunk``
         is over: the worker never waits for the parent between two chunks."""
-        self.started = 0.0
-        """When ``chunk`` started (``time.monotonic()``)."""
         self.short = False
         """Whether the lane's last chunk took less than ``QUEUE_BEHIND_SECONDS``."""
 
@@ -117,7 +115,7 @@ class LaneRunner(ChunkRunner):
                     with contextlib.suppress(ChannelClosed):
                         await worker.channel.send(wire.CALL, chunk.packed)
                 sent = True
-                lane.started = time.monotonic()
+                started = time.monotonic()
                 if lane.ahead is None:
                     self._send_ahead(lane, worker)
                 try:
@@ -150,7 +148,7 @@ class LaneRunner(ChunkRunner):
                 running = sent = False
                 worker.calls += 1
                 served = True
-                lane.short = time.monotonic() - lane.started < QUEUE_BEHIND_SECONDS
+                lane.short = time.monotonic() - started < QUEUE_BEHIND_SECONDS
                 lane.chunk, lane.ahead = lane.ahead, None
                 if lane.chunk is not None:
                     # Before this chunk's results are unpickled, which the worker need not
