@@ -129,12 +129,16 @@ def main() -> None:
     ]
     started = time.monotonic()
 
+    def progress(message: str) -> None:
+        # With the time since the start: where a slow or stuck run spent it.
+        print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr)
+
     results: dict[str, dict[str, Any]] = {}
     for contender in chosen:
         if not contender.installed():
             print(f"{contender.name}: not installed (pip install anypool[bench])", file=sys.stderr)
             continue
-        print(f"measuring {contender.name} ...", file=sys.stderr)
+        progress(f"measuring {contender.name} ...")
         measured = [k for k in keys if k != "cold" and scenarios.by_key(k).applies(contender)]
         results[contender.name] = (
             run_contender(contender.name, options.workers, size, sizes.repeat, measured)
@@ -166,7 +170,7 @@ def main() -> None:
             measured = [key for key in section_keys if engines.by_key(key).applies(contender)]
             if not measured:
                 continue
-            print(f"measuring {contender.name} ...", file=sys.stderr)
+            progress(f"measuring {contender.name} ...")
             section_results[contender.name] = run_contender(
                 contender.name, options.workers, size, sizes.repeat, measured
             )
@@ -188,7 +192,7 @@ def main() -> None:
             if workers == options.workers:
                 scaling[workers] = {name: results.get(name, {}) for name in names}
                 continue
-            print(f"scaling: {workers} workers ...", file=sys.stderr)
+            progress(f"scaling: {workers} workers ...")
             scaling[workers] = {
                 name: run_contender(name, workers, size, sizes.repeat, ["map", "cpu"])
                 for name in names
@@ -207,7 +211,7 @@ def main() -> None:
     )
     print(report.summary(run))
     path = report.write(run, output)
-    print(f"report: {path}", file=sys.stderr)
+    progress(f"report: {path}")
 
 
 if __name__ == "__main__":
